@@ -1,0 +1,1 @@
+"""hnc-jax: the HNC loss (ECCV 2020) in JAX/Flax."""
