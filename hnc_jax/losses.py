@@ -1,0 +1,235 @@
+"""The HNC losses (Sun et al., ECCV 2020) and the usual classification losses, pure JAX.
+
+Shapes: cams (B, H, W, C); labels int class ids (B,) or multi-hot (B, C); logits (B, C).
+Every function is pure and traceable (jit, grad, vmap, shard_map). `k`, `alpha` and
+`temperature` are Python numbers checked at trace time (mark them static under jit).
+
+Hard negatives of an image are the k classes with the highest score `sum_hw cams`
+(equivalently the highest logits) once every positive class is set to -inf. The choice is an
+index selection: no gradient flows through it. With multi-hot labels and k larger than an
+image's number of negatives, the selected positives count for nothing (see the spec).
+
+Two paths compute the same HNC value and gradient:
+- `hnc_mse` / `hnc_kd` take all C CAMs (what the model returns at eval);
+- `hnc_from_features` (training) selects the k classes from the logits and builds only
+  their CAMs from the features and the gathered classifier columns: B*H*W*D*k MACs instead
+  of B*H*W*D*C, so HNC costs next to nothing in a train step.
+"""
+
+import numbers
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+Array = Any
+HNC_LOSSES = ("mse", "kd")
+
+
+def _check_rank4(cams: Array) -> None:
+    if cams.ndim != 4:
+        raise ValueError(f"cams must have rank 4 (B, H, W, C), got shape {tuple(cams.shape)}")
+
+
+def _check_labels(labels: Array, batch: int, num_classes: int) -> None:
+    ok_int = labels.ndim == 1 and jnp.issubdtype(labels.dtype, jnp.integer)
+    if ok_int and labels.shape[0] == batch:
+        return
+    if labels.ndim == 2 and labels.shape == (batch, num_classes) and not ok_int:
+        return
+    raise ValueError(
+        f"labels of shape {tuple(labels.shape)} and dtype {labels.dtype} do not fit a batch "
+        f"of {batch} with {num_classes} classes; allowed: int class ids ({batch},) or "
+        f"multi-hot ({batch}, {num_classes})"
+    )
+
+
+def _check_k(k: Any, num_classes: int) -> None:
+    if not isinstance(k, numbers.Integral) or not 1 <= k <= num_classes - 1:
+        raise ValueError(
+            f"k must be an integer in [1, {num_classes - 1}] (1 <= k <= C-1 with "
+            f"C={num_classes}), got {k!r}"
+        )
+
+
+def _check_temperature(temperature: Any) -> None:
+    if not isinstance(temperature, numbers.Real) or not temperature > 0:
+        raise ValueError(f"temperature must be a number > 0, got {temperature!r}")
+
+
+def _is_multi_hot(labels: Array) -> bool:
+    return labels.ndim == 2
+
+
+def positive_mask(labels: Array, num_classes: int) -> Array:
+    """(B, C) bool: True where the class is in the image."""
+    if _is_multi_hot(labels):
+        return labels > 0
+    return jax.nn.one_hot(labels, num_classes, dtype=jnp.bool_)
+
+
+def select_hard_negatives(scores: Array, labels: Array, k: int) -> tuple[Array, Array]:
+    """The k highest-scoring negative classes of each image; carries no gradient.
+
+    Args:
+      scores: (B, C) class scores (logits, or the CAMs summed over H, W).
+      labels: (B,) int or (B, C) multi-hot.
+      k: number of hard negatives, 1 <= k <= C-1.
+
+    Returns:
+      idx: (B, k) int32 class indices, highest score first.
+      valid: (B, k) bool, False where a positive was picked because the image has fewer
+        than k negatives (multi-hot only); such a selection counts for nothing.
+    """
+    num_classes = scores.shape[-1]
+    _check_k(k, num_classes)
+    _check_labels(labels, scores.shape[0], num_classes)
+    positives = positive_mask(labels, num_classes)
+    scores = jax.lax.stop_gradient(scores).astype(jnp.float32)
+    _, idx = jax.lax.top_k(jnp.where(positives, -jnp.inf, scores), k)
+    valid = ~jnp.take_along_axis(positives, idx, axis=-1)
+    return idx.astype(jnp.int32), valid
+
+
+def hnc_mse_selected(cams: Array, valid: Array, alpha: float = 0.0) -> Array:
+    """Mean of (M - alpha)^2 over the valid selected maps and their H*W positions.
+
+    cams: (B, H, W, k) selected CAMs; valid: (B, k) bool.
+    """
+    cams = cams.astype(jnp.float32)
+    per_map = jnp.sum(jnp.square(cams - alpha), axis=(1, 2))
+    height, width = cams.shape[1:3]
+    count = jnp.maximum(jnp.sum(valid), 1) * (height * width)
+    return jnp.sum(jnp.where(valid, per_map, 0.0)) / count
+
+
+def hnc_kd_selected(cams: Array, valid: Array, temperature: float = 1.0) -> Array:
+    """Cross-entropy of uniform vs softmax_hw(M / T), summed over valid maps, divided by B.
+
+    cams: (B, H, W, k) selected CAMs; valid: (B, k) bool.
+    """
+    batch, height, width, k = cams.shape
+    flat = cams.astype(jnp.float32).reshape(batch, height * width, k) / temperature
+    per_map = -jnp.mean(jax.nn.log_softmax(flat, axis=1), axis=1)
+    return jnp.sum(jnp.where(valid, per_map, 0.0)) / batch
+
+
+def _gather_maps(cams: Array, labels: Array, k: int) -> tuple[Array, Array]:
+    _check_rank4(cams)
+    scores = jnp.sum(cams.astype(jnp.float32), axis=(1, 2))
+    idx, valid = select_hard_negatives(scores, labels, k)
+    return jnp.take_along_axis(cams, idx[:, None, None, :], axis=-1), valid
+
+
+def hnc_mse(cams: Array, labels: Array, k: int, alpha: float = 0.0) -> Array:
+    """HNC-mse: mean over (b, c in J_b, h, w) of (cams - alpha)^2; scalar float32.
+
+    Args:
+      cams: (B, H, W, C) CAMs, any float dtype (accumulated in float32).
+      labels: (B,) int or (B, C) multi-hot.
+      k: number of hard negatives, 1 <= k <= C-1.
+      alpha: target value of the negative maps (0 in the original).
+    """
+    selected, valid = _gather_maps(cams, labels, k)
+    return hnc_mse_selected(selected, valid, alpha)
+
+
+def hnc_kd(cams: Array, labels: Array, k: int, temperature: float = 1.0) -> Array:
+    """HNC-kd: sum over the k selected maps of CE(uniform, softmax_hw(M / T)), / B.
+
+    Shift-invariant per map; its value carries the constant k*log(H*W) per image.
+
+    Args:
+      cams: (B, H, W, C) CAMs, any float dtype (accumulated in float32).
+      labels: (B,) int or (B, C) multi-hot.
+      k: number of hard negatives, 1 <= k <= C-1.
+      temperature: T > 0 (1 in the original).
+    """
+    _check_temperature(temperature)
+    selected, valid = _gather_maps(cams, labels, k)
+    return hnc_kd_selected(selected, valid, temperature)
+
+
+def selected_cams(features: Array, kernel: Array, bias: Array, idx: Array) -> Array:
+    """CAMs of the selected classes only, accumulated in float32.
+
+    Args:
+      features: (B, H, W, D) last-stage output.
+      kernel: (D, C) classifier kernel; bias: (C,).
+      idx: (B, k) class indices.
+
+    Returns:
+      (B, H, W, k) float32, equal to `(features @ kernel + bias)[..., idx]` per image.
+    """
+    columns = jnp.take(kernel.T, idx, axis=0).astype(features.dtype)  # (B, k, D)
+    maps = jnp.einsum("bhwd,bkd->bhwk", features, columns, preferred_element_type=jnp.float32)
+    return maps + jnp.take(bias, idx).astype(jnp.float32)[:, None, None, :]
+
+
+def hnc_from_features(
+    features: Array,
+    kernel: Array,
+    bias: Array,
+    logits: Array,
+    labels: Array,
+    *,
+    loss: str,
+    k: int,
+    alpha: float = 0.0,
+    temperature: float = 1.0,
+) -> Array:
+    """The training path: `hnc_mse`/`hnc_kd` of the full CAMs, from k maps only.
+
+    Selects the hard negatives from `logits` (B, C) (= mean_hw of the CAMs), then builds
+    their CAMs from `features` (B, H, W, D), `kernel` (D, C) and `bias` (C,).
+    Same value and gradient as `hnc_mse(features @ kernel + bias, labels, k, alpha)`
+    (or `hnc_kd`) up to float rounding.
+    """
+    if loss not in HNC_LOSSES:
+        raise ValueError(f"unknown HNC loss {loss!r}; allowed: {', '.join(HNC_LOSSES)}")
+    _check_rank4(features)
+    if loss == "kd":
+        _check_temperature(temperature)
+    idx, valid = select_hard_negatives(logits, labels, k)
+    maps = selected_cams(features, kernel, bias, idx)
+    if loss == "mse":
+        return hnc_mse_selected(maps, valid, alpha)
+    return hnc_kd_selected(maps, valid, temperature)
+
+
+def cross_entropy(logits: Array, labels: Array, label_smoothing: float = 0.0) -> Array:
+    """Mean cross-entropy: softmax for int labels (B,), sigmoid for multi-hot (B, C).
+
+    The multi-hot form is the mean binary cross-entropy over batch and classes (as torch's
+    BCEWithLogitsLoss). `label_smoothing` mixes the targets with the uniform distribution
+    (softmax) or towards 0.5 (sigmoid).
+    """
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
+    num_classes = logits.shape[-1]
+    _check_labels(labels, logits.shape[0], num_classes)
+    logits = logits.astype(jnp.float32)
+    if _is_multi_hot(labels):
+        targets = labels.astype(jnp.float32) * (1 - label_smoothing) + 0.5 * label_smoothing
+        return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, targets))
+    targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing)
+    return jnp.mean(optax.softmax_cross_entropy(logits, targets))
+
+
+def num_positive_negative_pixels(cams: Array, labels: Array) -> Array:
+    """The original's "num_posi": pixels with M > 0 in all negative CAMs, per image.
+
+    cams: (B, H, W, C); returns the mean over the batch, float32 scalar.
+    """
+    _check_rank4(cams)
+    _check_labels(labels, cams.shape[0], cams.shape[-1])
+    negatives = ~positive_mask(labels, cams.shape[-1])[:, None, None, :]
+    return jnp.mean(jnp.sum((cams > 0) & negatives, axis=(1, 2, 3)).astype(jnp.float32))
+
+
+def correct_top_k(logits: Array, labels: Array, k: int = 1) -> Array:
+    """(B,) float32: 1 where a positive class is among the k highest logits."""
+    _, top = jax.lax.top_k(logits, k)
+    positives = positive_mask(labels, logits.shape[-1])
+    return jnp.any(jnp.take_along_axis(positives, top, axis=-1), axis=-1).astype(jnp.float32)
