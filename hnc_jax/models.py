@@ -200,3 +200,32 @@ def count_params(params: Any) -> int:
     """Number of scalars in a parameter tree."""
     return sum(x.size for x in jax.tree_util.tree_leaves(params))
 
+
+def stack_blocks(variables: dict, stage_sizes: Sequence[int]) -> dict:
+    """Unrolled variables -> the `scan_blocks=True` layout (blocks 1.. of a stage stacked)."""
+    out = {}
+    for collection, tree in variables.items():
+        tree = dict(tree)
+        for s, num_blocks in enumerate(stage_sizes, start=1):
+            if num_blocks > 1:
+                blocks = [tree.pop(f"stage{s}_block{b}") for b in range(1, num_blocks)]
+                stacked = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *blocks)
+                tree[f"stage{s}_blocks"] = {"block": stacked}
+        out[collection] = tree
+    return out
+
+
+def unstack_blocks(variables: dict, stage_sizes: Sequence[int]) -> dict:
+    """The `scan_blocks=True` layout -> unrolled variables (inverse of `stack_blocks`)."""
+    out = {}
+    for collection, tree in variables.items():
+        tree = dict(tree)
+        for s, num_blocks in enumerate(stage_sizes, start=1):
+            if num_blocks > 1:
+                stacked = tree.pop(f"stage{s}_blocks")["block"]
+                for b in range(1, num_blocks):
+                    tree[f"stage{s}_block{b}"] = jax.tree_util.tree_map(
+                        lambda x, i=b - 1: x[i], stacked
+                    )
+        out[collection] = tree
+    return out
