@@ -1,0 +1,369 @@
+"""tf.data input pipeline over TFDS (and image folders): NHWC numpy batches for JAX.
+
+Datasets (`config.dataset`): any TFDS image-classification name with `image` and `label`
+features (imagenet2012, cifar10, cifar100, imagenette, caltech_birds2011, ...), a multi-label
+one (`labels` or `objects/label` sequences, e.g. voc/2007, become (C,) multi-hot vectors), the
+embedded 'cluttered_digits', or 'image_folder' (`<config.image_folder>/<split>/<class>/*`).
+
+Images of a fixed shape of at most `SMALL_IMAGE` pixels (CIFAR, digits) are decoded whole and
+augmented by pad-and-crop; others get the ImageNet recipe: fused JPEG decode + random-resized
+crop (train) or the central 224/256 crop (eval), resized to `config.image_size`. Boxes
+(a top-level `bbox` feature) follow every crop and flip.
+
+Determinism: epoch e of process p reads its own even part of the split, with file order and
+a shuffle buffer seeded by (seed, p, e); example i of that epoch is augmented with stateless
+ops keyed by (seed, p, e, i). Steps never straddle epochs (the remainder is dropped), so the
+batch at step s is a pure function of (seed, s) and a resumed run skips the first records of
+its epoch without decoding them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterator
+
+import jax
+import ml_collections
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from hnc_jax import datasets as _datasets  # noqa: F401  (registers cluttered_digits)
+from hnc_jax import transforms
+
+SMALL_IMAGE = 64
+SHUFFLE_BUFFER = 16_384  # Records (still encoded); override with config.shuffle_buffer_size.
+MANUAL_FILES = {"imagenet2012": "ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar"}
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    num_classes: int
+    num_train: int
+    num_eval: int
+    multi_label: bool
+    class_names: list[str]
+    has_boxes: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class _Source:
+    """Where the records come from: a TFDS builder, or (paths, labels) per folder split."""
+
+    info: DatasetInfo
+    small: bool
+    builder: tfds.core.DatasetBuilder | None = None
+    label_key: str = "label"
+    files: dict[str, tuple[list[str], list[int]]] | None = None
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Raises ValueError (one line) for a config the pipeline cannot serve."""
+    name = config.dataset
+    if name == "image_folder":
+        root = config.get("image_folder")
+        if not root or not tf.io.gfile.isdir(root):
+            raise ValueError(
+                f"dataset='image_folder' needs config.image_folder, a directory "
+                f"with {config.train_split}/ and {config.eval_split}/; got {root!r}"
+            )
+    else:
+        try:
+            tfds.builder_cls(name.split("/")[0].split(":")[0])
+        except tfds.core.registered.DatasetNotFoundError:
+            raise ValueError(
+                f"unknown dataset {name!r}: use a TFDS image-classification name "
+                "(e.g. imagenet2012, cifar10), 'cluttered_digits' or "
+                "'image_folder'"
+            ) from None
+    if config.image_size <= 0:
+        raise ValueError(f"image_size must be positive, got {config.image_size}")
+    devices = jax.device_count()
+    for field in ("batch_size", "eval_batch_size"):
+        size = config[field]
+        if size <= 0 or size % devices:
+            raise ValueError(
+                f"{field}={size} must be a positive multiple of the "
+                f"{devices} devices (jax.device_count())"
+            )
+
+
+def process_split(
+    split: str, process_index: int, process_count: int, drop_remainder: bool
+) -> tfds.typing.SplitArg:
+    """This process's even part of a TFDS split (parts are disjoint and cover the split,
+    less up to `process_count - 1` examples when `drop_remainder`)."""
+    return tfds.even_splits(split, process_count, drop_remainder=drop_remainder)[process_index]
+
+
+def shard_bounds(
+    n: int, process_index: int, process_count: int, drop_remainder: bool
+) -> tuple[int, int]:
+    """[start, end) of this process's even part of n indexed examples (image folders)."""
+    if drop_remainder:
+        size = n // process_count
+        return process_index * size, (process_index + 1) * size
+    return n * process_index // process_count, n * (process_index + 1) // process_count
+
+
+def _missing_message(builder: tfds.core.DatasetBuilder) -> str:
+    root = builder.data_dir_root
+    files = MANUAL_FILES.get(
+        builder.name, f"the files listed in the TFDS catalog for {builder.name}"
+    )
+    return (
+        f"dataset {builder.name} is not prepared in {builder.data_dir}: put {files} in "
+        f"{root}/downloads/manual/ and run `tfds build {builder.name} --data_dir={root} "
+        f"--manual_dir={root}/downloads/manual`"
+    )
+
+
+def _builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
+    builder = tfds.builder(config.dataset, data_dir=config.get("data_dir"))
+    if not builder.is_prepared():
+        if builder.MANUAL_DOWNLOAD_INSTRUCTIONS:
+            raise FileNotFoundError(_missing_message(builder))
+        builder.download_and_prepare()  # Seconds for cluttered_digits; downloads otherwise.
+    return builder
+
+
+def _label_spec(features: tfds.features.FeaturesDict) -> tuple[str, tfds.features.ClassLabel]:
+    """('label', single) or the key of a sequence of class labels (multi-label)."""
+    keys = list(features.keys())
+    for key in ("label", "labels", "objects/label"):
+        top, _, sub = key.partition("/")
+        feature = features[top] if top in keys else None
+        if isinstance(feature, tfds.features.Sequence):
+            feature = feature.feature[sub] if sub else feature.feature
+        elif sub:
+            feature = None
+        if isinstance(feature, tfds.features.ClassLabel):
+            return key, feature
+    raise ValueError(
+        f"dataset has no 'label', 'labels' or 'objects/label' class-label feature: {keys}"
+    )
+
+
+def _num_examples(builder: tfds.core.DatasetBuilder, split: tfds.typing.SplitArg) -> int:
+    try:
+        return builder.info.splits[split].num_examples
+    except KeyError:  # Split sizes unknown (e.g. under tfds.testing.mock_data): count.
+        ds = builder.as_dataset(split=split, decoders={"image": tfds.decode.SkipDecoding()})
+        n = int(ds.cardinality())
+        return n if n >= 0 else int(ds.reduce(0, lambda count, _: count + 1))
+
+
+def _folder_source(config: ml_collections.ConfigDict) -> _Source:
+    root = config.image_folder
+    classes = sorted(tf.io.gfile.listdir(f"{root}/{config.train_split}"))
+    classes = [
+        c.rstrip("/") for c in classes if tf.io.gfile.isdir(f"{root}/{config.train_split}/{c}")
+    ]
+    files = {}
+    for split in (config.train_split, config.eval_split):
+        paths, labels = [], []
+        for label, name in enumerate(classes):
+            folder = f"{root}/{split}/{name}"
+            names = sorted(tf.io.gfile.listdir(folder)) if tf.io.gfile.isdir(folder) else []
+            paths += [f"{folder}/{n}" for n in names if n.lower().endswith(IMAGE_EXTENSIONS)]
+            labels += [label] * (len(paths) - len(labels))
+        files[split] = (paths, labels)
+    info = DatasetInfo(
+        "image_folder",
+        len(classes),
+        len(files[config.train_split][0]),
+        len(files[config.eval_split][0]),
+        False,
+        classes,
+        False,
+    )
+    return _Source(info=info, small=False, files=files)
+
+
+def _source(config: ml_collections.ConfigDict) -> _Source:
+    if config.dataset == "image_folder":
+        return _folder_source(config)
+    builder = _builder(config)
+    features = builder.info.features
+    label_key, label = _label_spec(features)
+    shape = features["image"].shape
+    info = DatasetInfo(
+        name=config.dataset,
+        num_classes=label.num_classes,
+        num_train=_num_examples(builder, config.train_split),
+        num_eval=_num_examples(builder, config.eval_split),
+        multi_label=label_key != "label",
+        class_names=list(label.names),
+        has_boxes="bbox" in features.keys()
+        and isinstance(features["bbox"], tfds.features.BBoxFeature),
+    )
+    small = None not in shape[:2] and max(shape[:2]) <= SMALL_IMAGE
+    return _Source(info=info, small=small, builder=builder, label_key=label_key)
+
+
+def get_info(config: ml_collections.ConfigDict) -> DatasetInfo:
+    """Names, sizes and label kind of the configured dataset (prepares cluttered_digits)."""
+    validate(config)
+    return _source(config).info
+
+
+def _records(
+    source: _Source, split: str, drop_remainder: bool, seed: int | None, buffer: int
+) -> tuple[tf.data.Dataset, int]:
+    """This process's records {'image': encoded bytes, 'label', ['bbox']} and their count;
+    shuffled (files and a `buffer`, or a full permutation for folders) when `seed` is set."""
+    index, count = jax.process_index(), jax.process_count()
+    if source.files is not None:
+        paths, labels = source.files[split]
+        start, end = shard_bounds(len(paths), index, count, drop_remainder)
+        order = np.arange(start, end)
+        if seed is not None:
+            order = np.random.default_rng(seed).permutation(order)
+        ds = tf.data.Dataset.from_tensor_slices(
+            {
+                "image": np.array(paths, dtype=object)[order].astype(str),
+                "label": np.array(labels, np.int64)[order],
+            }
+        )
+        return ds.map(lambda r: {**r, "image": tf.io.read_file(r["image"])}), len(order)
+    builder = source.builder
+    part = process_split(split, index, count, drop_remainder)
+    read_config = tfds.ReadConfig(shuffle_seed=seed, try_autocache=False)
+    ds = builder.as_dataset(
+        split=part,
+        shuffle_files=seed is not None,
+        read_config=read_config,
+        decoders={"image": tfds.decode.SkipDecoding()},
+    )
+    num_classes, key = source.info.num_classes, source.label_key
+
+    def select(ex):
+        out = {"image": ex["image"]}
+        if source.info.multi_label:
+            labels = ex[key.split("/")[0]][key.split("/")[1]] if "/" in key else ex[key]
+            out["label"] = tf.reduce_max(tf.one_hot(labels, num_classes), axis=0)
+            out["label"] = tf.ensure_shape(out["label"], [num_classes])
+        else:
+            out["label"] = ex[key]
+        if source.info.has_boxes:
+            out["bbox"] = ex["bbox"]
+        return out
+
+    n = _num_examples(builder, part)
+    ds = ds.map(select)
+    if seed is not None:
+        ds = ds.shuffle(min(buffer, n), seed=seed, reshuffle_each_iteration=False)
+    return ds, n
+
+
+def _preprocess(config, source: _Source, train: bool):
+    """Returns fn(record, key) -> {'image' (S, S, 3), 'label', ['box' (4,)]}."""
+    size, aug = config.image_size, config.augment
+    mean, std = transforms.normalization(config.dataset)
+    dtype = tf.bfloat16 if config.half_precision else tf.float32
+
+    def fn(record, key):
+        crop_key, flip_key = tf.unstack(tf.random.experimental.stateless_split(key, 2))
+        box = record.get("bbox", tf.zeros([4]))
+        if source.small:
+            image = transforms.decode_small(record["image"], size)
+            if train and aug.crop_padding:
+                image, box = transforms.pad_crop(image, box, aug.crop_padding, crop_key)
+        else:
+            image, box = transforms.decode_crop_resize(
+                record["image"], box, size, train and aug.random_resized_crop, crop_key
+            )
+        if train and aug.flip:
+            image, box = transforms.flip(image, box, flip_key)
+        image = transforms.normalize(image, mean, std, dtype)
+        label = record["label"]
+        out = {
+            "image": image,
+            "label": label if source.info.multi_label else tf.cast(label, tf.int32),
+        }
+        if source.info.has_boxes:
+            out["box"] = box
+        return out
+
+    return fn
+
+
+def _options() -> tf.data.Options:
+    options = tf.data.Options()
+    options.deterministic = True
+    options.experimental_optimization.map_parallelization = True
+    return options
+
+
+def _local_batch(config: ml_collections.ConfigDict, field: str) -> int:
+    return config[field] // jax.process_count()
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """Python int seed of one process's epoch: file order and shuffle buffer."""
+    return int(np.random.SeedSequence([seed, jax.process_index(), epoch]).generate_state(1)[0])
+
+
+def train_iterator(
+    config: ml_collections.ConfigDict, start_step: int = 0
+) -> Iterator[dict[str, np.ndarray]]:
+    """Infinite stream of this process's part of each global train batch, from `start_step`.
+
+    Yields {'image': (B_local, S, S, 3) float32/bfloat16, 'label': (B_local,) int32 or
+    (B_local, C) float32, ['box': (B_local, 4) float32]}, B_local = batch_size / processes.
+    """
+    validate(config)
+    source = _source(config)
+    batch = _local_batch(config, "batch_size")
+    buffer = config.get("shuffle_buffer_size", SHUFFLE_BUFFER)
+    _, n = _records(source, config.train_split, True, None, buffer)
+    steps_per_epoch = n // batch
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"batch_size={config.batch_size} exceeds the {n} train examples of each process"
+        )
+    epoch, offset = divmod(start_step, steps_per_epoch)
+    preprocess = _preprocess(config, source, train=True)
+    while True:
+        seed = epoch_seed(config.seed, epoch)
+        records, _ = _records(source, config.train_split, True, seed, buffer)
+        ds = records.take(steps_per_epoch * batch).enumerate().skip(offset * batch)
+        key = tf.constant([config.seed, seed], tf.int64)
+        ds = ds.map(
+            lambda i, r, key=key: preprocess(r, tf.random.experimental.stateless_fold_in(key, i)),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+        ds = ds.batch(batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+        yield from ds.with_options(_options()).as_numpy_iterator()
+        epoch, offset = epoch + 1, 0
+
+
+def num_eval_steps(config: ml_collections.ConfigDict, num_eval: int) -> int:
+    """Eval batches per process: the largest process part, padded up to whole batches."""
+    return math.ceil(
+        math.ceil(num_eval / jax.process_count()) / _local_batch(config, "eval_batch_size")
+    )
+
+
+def eval_iterator(config: ml_collections.ConfigDict) -> Iterator[dict[str, np.ndarray]]:
+    """One pass over this process's part of the eval split, in order, padded to whole batches.
+
+    Yields train_iterator's keys plus 'mask' (B_local,) bool, False on padding; every process
+    yields the same number of batches and every eval example is unmasked exactly once.
+    """
+    validate(config)
+    source = _source(config)
+    batch = _local_batch(config, "eval_batch_size")
+    records, _ = _records(source, config.eval_split, False, None, 0)
+    preprocess = _preprocess(config, source, train=False)
+    key = tf.zeros([2], tf.int64)  # Unused by the deterministic eval transform.
+    ds = records.map(
+        lambda r: {**preprocess(r, key), "mask": True}, num_parallel_calls=tf.data.AUTOTUNE
+    )
+    padding = tf.nest.map_structure(lambda s: tf.zeros(s.shape, s.dtype), ds.element_spec)
+    ds = ds.concatenate(tf.data.Dataset.from_tensors(padding).repeat())
+    ds = ds.take(num_eval_steps(config, source.info.num_eval) * batch).batch(batch)
+    yield from ds.prefetch(tf.data.AUTOTUNE).with_options(_options()).as_numpy_iterator()

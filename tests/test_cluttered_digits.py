@@ -1,0 +1,66 @@
+"""The embedded dataset: boxes enclose the target's ink, splits are disjoint, builds repeat."""
+
+import filecmp
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from hnc_jax.datasets import cluttered_digits as cd
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    data_dir = tmp_path_factory.mktemp("tfds")
+    builder = tfds.builder("cluttered_digits", data_dir=str(data_dir))
+    builder.download_and_prepare()
+    return builder
+
+
+def _examples(builder, split):
+    return list(tfds.as_numpy(builder.as_dataset(split)))
+
+
+def test_render_box_is_tight_around_target_ink():
+    images, _ = cd._digits()
+    for i in range(40):
+        rng = np.random.default_rng(i)
+        image, ink, box = cd.render(images[i], images[100:200], rng)
+        ys, xs = np.nonzero(ink)
+        np.testing.assert_array_equal(box, [ys.min(), xs.min(), ys.max() + 1, xs.max() + 1])
+        assert image.shape == (cd.CANVAS, cd.CANVAS) and image.dtype == np.uint8
+        assert (image[ink] >= cd.INK_THRESHOLD - 1).all()  # Clutter only adds ink (max).
+        size = max(box[2] - box[0], box[3] - box[1])
+        assert 0.4 * cd.TARGET_SIZES[0] <= size <= cd.TARGET_SIZES[1]
+
+
+def test_splits_are_disjoint_and_labels_match_sources(built):
+    ids = cd.source_split(0)
+    assert not set(ids["train"]) & set(ids["test"])
+    assert len(ids["train"]) + len(ids["test"]) == 1797
+    _, targets = cd._digits()
+    for split, copies in (("train", 4), ("test", 2)):
+        examples = _examples(built, split)
+        sources = np.array([ex["source_id"] for ex in examples])
+        assert len(examples) == copies * len(ids[split])
+        np.testing.assert_array_equal(np.unique(sources), ids[split])
+        labels = np.array([ex["label"] for ex in examples])
+        np.testing.assert_array_equal(labels, targets[sources])
+
+
+def test_built_boxes_enclose_ink_with_ink_on_every_edge(built):
+    for ex in _examples(built, "test")[:200]:
+        image = ex["image"]
+        assert image.shape == (48, 48, 3) and (image[..., 0] == image[..., 2]).all()
+        y0, x0, y1, x1 = np.round(ex["bbox"] * cd.CANVAS).astype(int)
+        inside = image[y0:y1, x0:x1, 0] >= cd.INK_THRESHOLD
+        assert inside[0].any() and inside[-1].any() and inside[:, 0].any() and inside[:, -1].any()
+        assert 8 <= y1 - y0 <= 24 and 2 <= x1 - x0 <= 24
+
+
+def test_rebuild_is_byte_identical(built, tmp_path):
+    again = tfds.builder("cluttered_digits", data_dir=str(tmp_path))
+    again.download_and_prepare()
+    for split in ("train", "test"):
+        name = f"cluttered_digits-{split}.tfrecord-00000-of-00001"
+        assert filecmp.cmp(f"{built.data_dir}/{name}", f"{again.data_dir}/{name}", shallow=False)

@@ -1,0 +1,279 @@
+"""Input pipeline: shapes and dtypes, image folders, boxes, multi-process splits, eval padding,
+resume, and error messages."""
+
+import itertools
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+from PIL import Image
+
+from hnc_jax import input_pipeline as ip
+from hnc_jax import transforms
+
+
+def make_config(**overrides) -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict(
+        dict(
+            dataset="cluttered_digits",
+            data_dir=None,
+            image_folder=None,
+            train_split="train",
+            eval_split="test",
+            image_size=48,
+            batch_size=32,
+            eval_batch_size=100,
+            seed=0,
+            half_precision=False,
+            augment=dict(random_resized_crop=False, flip=False, crop_padding=0),
+        )
+    )
+    config.update(overrides)
+    return config
+
+
+@pytest.fixture(scope="module")
+def digits_dir(tmp_path_factory):
+    data_dir = str(tmp_path_factory.mktemp("tfds"))
+    tfds.builder("cluttered_digits", data_dir=data_dir).download_and_prepare()
+    return data_dir
+
+
+def _take(iterator, n):
+    return list(itertools.islice(iterator, n))
+
+
+def test_digits_batches_are_normalised_raw_images(digits_dir):
+    config = make_config(data_dir=digits_dir)
+    raw = tfds.as_numpy(tfds.builder("cluttered_digits", data_dir=digits_dir).as_dataset("train"))
+    raw = {ex["image"].tobytes(): ex for ex in raw}
+    batch = next(ip.train_iterator(config))
+    assert batch["image"].shape == (32, 48, 48, 3) and batch["image"].dtype == np.float32
+    assert batch["label"].dtype == np.int32 and batch["box"].shape == (32, 4)
+    mean, std = transforms.STATS["cluttered_digits"]
+    pixels = np.round((batch["image"] * np.array(std) + np.array(mean)) * 255).astype(np.uint8)
+    for image, label, box in zip(pixels, batch["label"], batch["box"], strict=True):
+        ex = raw[image.tobytes()]  # Every batch image is a dataset image, unchanged.
+        assert ex["label"] == label
+        np.testing.assert_allclose(ex["bbox"], box)
+
+
+def test_resume_from_step_gives_the_same_batches(digits_dir):
+    # 3 steps per epoch, so the streams cross epoch boundaries; augmentation on.
+    config = make_config(
+        data_dir=digits_dir,
+        train_split="train[:100]",
+        augment=dict(random_resized_crop=False, flip=True, crop_padding=4),
+    )
+    full = _take(ip.train_iterator(config), 8)
+    resumed = _take(ip.train_iterator(config, start_step=5), 3)
+    for a, b in zip(full[5:], resumed, strict=True):
+        for key in ("image", "label", "box"):
+            np.testing.assert_array_equal(a[key], b[key])
+    # Each epoch is a different order of the same 96 examples; augmentation differs too.
+    epochs = [np.concatenate([b["label"] for b in full[i : i + 3]]) for i in (0, 3)]
+    assert sorted(epochs[0]) != list(epochs[0]) or (epochs[0] != epochs[1]).any()
+    assert not np.array_equal(full[0]["image"], full[3]["image"])
+
+
+@pytest.mark.parametrize("count", [1, 3, 4])
+def test_process_splits_are_disjoint_and_cover(digits_dir, count):
+    builder = tfds.builder("cluttered_digits", data_dir=digits_dir)
+
+    def images(split):
+        return [ex["image"].tobytes() for ex in tfds.as_numpy(builder.as_dataset(split))]
+
+    everything = images("test")
+    for drop in (False, True):
+        parts = [images(ip.process_split("test", i, count, drop)) for i in range(count)]
+        merged = sum(parts, [])
+        assert len(set(merged)) == len(merged)  # Disjoint (all 718 canvases differ).
+        sizes = {len(p) for p in parts}
+        if drop:  # Equal parts, missing fewer than `count` examples.
+            assert len(sizes) == 1 and set(merged) <= set(everything)
+            assert 718 - count < len(merged)
+        else:
+            assert max(sizes) - min(sizes) <= 1 and sorted(merged) == sorted(everything)
+
+
+def test_shard_bounds_cover_evenly():
+    for n, count in [(10, 3), (7, 7), (5, 8), (100, 4)]:
+        bounds = [ip.shard_bounds(n, i, count, False) for i in range(count)]
+        assert bounds[0][0] == 0 and bounds[-1][1] == n
+        assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:], strict=False))
+        dropped = [ip.shard_bounds(n, i, count, True) for i in range(count)]
+        assert len({e - s for s, e in dropped}) == 1 and dropped[-1][1] <= n
+
+
+@pytest.mark.parametrize("processes", [1, 3])
+def test_eval_counts_every_example_once(digits_dir, monkeypatch, processes):
+    monkeypatch.setattr(jax, "process_count", lambda: processes)
+    config = make_config(data_dir=digits_dir, eval_batch_size=96)
+    expected = [
+        ex["label"]
+        for ex in tfds.as_numpy(
+            tfds.builder("cluttered_digits", data_dir=digits_dir).as_dataset("test")
+        )
+    ]
+    labels, steps = [], set()
+    for index in range(processes):
+        monkeypatch.setattr(jax, "process_index", lambda index=index: index)
+        batches = list(ip.eval_iterator(config))
+        steps.add(len(batches))
+        for b in batches:
+            assert b["image"].shape == (96 // processes, 48, 48, 3) and b["mask"].dtype == bool
+            labels += list(b["label"][b["mask"]])
+            assert (b["image"][~b["mask"]] == 0).all()
+    assert steps == {ip.num_eval_steps(config, 718)} and labels == expected
+
+
+def test_validate_rejects_bad_configs():
+    with pytest.raises(ValueError, match="unknown dataset 'no_such_set'"):
+        ip.validate(make_config(dataset="no_such_set"))
+    bad = jax.device_count() + 1 if jax.device_count() > 1 else 0
+    with pytest.raises(ValueError, match="batch_size"):
+        ip.validate(make_config(batch_size=bad))
+    with pytest.raises(ValueError, match="image_folder"):
+        ip.validate(make_config(dataset="image_folder", image_folder="/does/not/exist"))
+
+
+def test_missing_imagenet_names_dataset_dir_and_command(tmp_path):
+    config = make_config(
+        dataset="imagenet2012",
+        data_dir=str(tmp_path),
+        image_size=224,
+        train_split="train",
+        eval_split="validation",
+    )
+    with pytest.raises(FileNotFoundError) as err:
+        ip.get_info(config)
+    message = str(err.value)
+    assert "imagenet2012" in message and str(tmp_path) in message
+    assert "ILSVRC2012_img_train.tar" in message and f"{tmp_path}/downloads/manual" in message
+    assert f"tfds build imagenet2012 --data_dir={tmp_path}" in message
+
+
+@pytest.mark.parametrize(
+    "name,size,eval_split,half,labels",
+    [("imagenet2012", 64, "validation", True, (4,)), ("cifar100", 32, "test", False, (4,))],
+)
+def test_mocked_tfds_shapes_and_dtypes(tmp_path, monkeypatch, name, size, eval_split, half, labels):
+    # mock_data fakes the records but not `is_prepared`, which guards manual datasets.
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "is_prepared", lambda self: True)
+    config = make_config(
+        dataset=name,
+        data_dir=str(tmp_path),
+        image_size=size,
+        batch_size=4,
+        eval_batch_size=4,
+        eval_split=eval_split,
+        half_precision=half,
+        augment=dict(random_resized_crop=True, flip=True, crop_padding=4),
+    )
+    with tfds.testing.mock_data(num_examples=6):
+        info = ip.get_info(config)
+        train = next(ip.train_iterator(config))
+        evals = list(ip.eval_iterator(config))
+    dtype = jax.numpy.bfloat16 if half else np.float32
+    assert train["image"].shape == (4, size, size, 3) and train["image"].dtype == dtype
+    assert train["label"].shape == labels
+    assert train["label"].dtype == (np.float32 if info.multi_label else np.int32)
+    assert len(evals) == 2 and sum(b["mask"].sum() for b in evals) == 6
+    assert ((0 <= train["label"]) & (train["label"] < info.num_classes)).all()
+
+
+def test_voc_objects_become_multi_hot_labels(tmp_path, monkeypatch):
+    jpeg = tf.io.encode_jpeg(tf.zeros([50, 60, 3], tf.uint8)).numpy()
+    labels = [[3], [0, 19, 3], [7, 7]]
+
+    def fake_voc(self, split, **kwargs):  # VOC-like records (mock_data fails on VOC).
+        return tf.data.Dataset.from_generator(
+            lambda: (
+                {"image": jpeg, "labels": np.array(x), "objects": {"label": np.array(x)}}
+                for x in labels
+            ),
+            output_signature={
+                "image": tf.TensorSpec([], tf.string),
+                "labels": tf.TensorSpec([None], tf.int64),
+                "objects": {"label": tf.TensorSpec([None], tf.int64)},
+            },
+        )
+
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "is_prepared", lambda self: True)
+    config = make_config(
+        dataset="voc/2007",
+        data_dir=str(tmp_path),
+        image_size=40,
+        eval_split="validation",
+        eval_batch_size=4,
+    )
+    with tfds.testing.mock_data(num_examples=3, as_dataset_fn=fake_voc):
+        info = ip.get_info(config)
+        (batch,) = list(ip.eval_iterator(config))
+    assert info.multi_label and info.num_classes == 20 and not info.has_boxes
+    want = np.zeros((4, 20), np.float32)
+    for row, classes in enumerate(labels):
+        want[row, classes] = 1
+    np.testing.assert_array_equal(batch["label"], want)
+    np.testing.assert_array_equal(batch["mask"], [True, True, True, False])
+
+
+def _write_folder(root):
+    colors = {"blue": (0, 0, 255), "red": (255, 0, 0)}
+    for split, count in (("train", 3), ("val", 2)):
+        for name, color in colors.items():
+            (root / split / name).mkdir(parents=True)
+            for i in range(count):
+                image = Image.new("RGB", (120 + 17 * i, 90 + 11 * i), color)
+                image.save(root / split / name / f"{i}.{'png' if i % 2 else 'jpg'}", quality=95)
+    (root / "train" / "red" / "notes.txt").write_text("not an image")
+
+
+def test_image_folder(tmp_path):
+    _write_folder(tmp_path)
+    config = make_config(
+        dataset="image_folder",
+        image_folder=str(tmp_path),
+        eval_split="val",
+        image_size=32,
+        batch_size=2,
+        eval_batch_size=4,
+        augment=dict(random_resized_crop=True, flip=True, crop_padding=0),
+    )
+    info = ip.get_info(config)
+    assert (info.class_names, info.num_train, info.num_eval) == (["blue", "red"], 6, 4)
+    mean, std = np.array(transforms.IMAGENET_MEAN), np.array(transforms.IMAGENET_STD)
+    want = {0: (np.array([0, 0, 1]) - mean) / std, 1: (np.array([1, 0, 0]) - mean) / std}
+    for batch in _take(ip.train_iterator(config), 6):  # Two epochs.
+        assert batch["image"].shape == (2, 32, 32, 3)
+        for image, label in zip(batch["image"], batch["label"], strict=True):
+            np.testing.assert_allclose(image[16, 16], want[int(label)], atol=0.05)
+    (batch,) = list(ip.eval_iterator(config))
+    assert batch["mask"].all() and sorted(batch["label"]) == [0, 0, 1, 1]
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_boxes_follow_crops_and_flips(fmt, tmp_path):
+    array = np.zeros((300, 400, 3), np.uint8)
+    array[60:200, 250:330] = 255  # Box [0.2, 0.625, 0.6667, 0.825].
+    path = tmp_path / f"x.{fmt.lower()}"
+    Image.fromarray(array).save(path, fmt, quality=100)
+    data = tf.constant(path.read_bytes())
+    box = tf.constant([60 / 300, 250 / 400, 200 / 300, 330 / 400])
+    size = 64
+    for seed in range(12):
+        key = tf.constant([seed, 1], tf.int64)
+        image, out = transforms.decode_crop_resize(data, box, size, random=seed > 0, key=key)
+        image, out = transforms.flip(image, out, tf.constant([seed, 2], tf.int64))
+        white = image.numpy().mean(-1) > 128
+        y0, x0, y1, x1 = out.numpy() * size
+        if not white.any():
+            assert y0 == y1 or x0 == x1  # Crop missed the object: the box is empty.
+            continue
+        ys, xs = np.nonzero(white)
+        np.testing.assert_allclose(
+            [ys.min(), xs.min(), ys.max() + 1, xs.max() + 1], [y0, x0, y1, x1], atol=1.5
+        )
