@@ -120,7 +120,12 @@ def bench_step(args: argparse.Namespace) -> dict:
 def bench_startup(args: argparse.Namespace) -> dict:
     """Cold and warm start-up, unrolled and scanned, each in a fresh process."""
     results = {}
-    for scan in (False, True):
+    layouts = args.layouts.split(",")
+    if not layouts or not set(layouts) <= {"unrolled", "scan"}:
+        raise SystemExit(
+            f"--layouts must be a comma-separated subset of unrolled,scan, got {args.layouts}"
+        )
+    for scan in [layout == "scan" for layout in layouts]:
         with tempfile.TemporaryDirectory() as cache:
             for phase in ("cold", "warm"):
                 cmd = [sys.executable, "-m", "hnc_jax.bench", "step", "--variants=mse"]
@@ -143,13 +148,14 @@ def bench_startup(args: argparse.Namespace) -> dict:
         for (layout, phase), r in results.items()
         for key in ("init_s", "trace_s", "compile_s", "hnc_mse_ms")
     }
-    for layout in ("unrolled", "scan"):
+    for layout in layouts:
         summary[f"{layout}_warm_speedup"] = (
             summary[f"{layout}_cold_compile_s"] / summary[f"{layout}_warm_compile_s"]
         )
-    summary["scan_step_cost"] = (
-        summary["scan_cold_hnc_mse_ms"] / summary["unrolled_cold_hnc_mse_ms"]
-    )
+    if len(layouts) == 2:
+        summary["scan_step_cost"] = (
+            summary["scan_cold_hnc_mse_ms"] / summary["unrolled_cold_hnc_mse_ms"]
+        )
     return summary
 
 
@@ -179,6 +185,8 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--bf16", action="store_true", help="bfloat16 compute")
         p.add_argument("--scan_blocks", action="store_true")
         p.add_argument("--variants", default="none,mse,kd", help="comma-separated of none,mse,kd")
+        if name == "startup":
+            p.add_argument("--layouts", default="unrolled,scan", help="of unrolled,scan")
     sub.add_parser("input", add_help=False)
     args, rest = parser.parse_known_args(argv)
     if args.command == "input":

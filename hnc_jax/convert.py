@@ -207,18 +207,30 @@ def from_torchvision(state_dict_or_path: Mapping[str, Any] | str | os.PathLike) 
 def load_pretrained(path: str | os.PathLike, variables: Variables, num_classes: int) -> Variables:
     """`variables` (from `model.init`) with every tensor replaced by the `.pth` file's.
 
-    The head is kept from `variables` (freshly initialised) when the file's class count
-    differs from `num_classes`; every other tensor must exist and match in shape, else
-    ValueError naming the key and both shapes. Scanned layouts (`scan_blocks=True`) are
-    recognised and filled through `models.stack_blocks`.
+    Scanned layouts (`scan_blocks=True`) are recognised and filled through
+    `models.stack_blocks`; the rest is `merge_pretrained`.
     """
     state_dict = load_state_dict(path)
-    name, file_classes = infer_arch(state_dict)
+    name, _ = infer_arch(state_dict)
     imported = from_torchvision(state_dict)
     if any(k.endswith("_blocks") for k in variables["params"]):
         imported = models.stack_blocks(
             imported, models.create_model(name, num_classes=1).stage_sizes
         )
+    return merge_pretrained(variables, imported, num_classes, f"{path} holds a {name}, which")
+
+
+def merge_pretrained(
+    variables: Variables, imported: Variables, num_classes: int, source: str
+) -> Variables:
+    """`variables` with every params/batch_stats tensor taken from `imported`.
+
+    The head is kept from `variables` (freshly initialised) when `imported`'s class count
+    differs from `num_classes`; every other tensor must exist and match in shape, else
+    ValueError naming the key and both shapes. `source` starts the error messages
+    ("<path> holds a resnet50, which").
+    """
+    file_classes = np.shape(imported["params"]["head"]["bias"])[-1]
     collections = ("params", "batch_stats")  # params first: they name a misfit best
     fresh = traverse_util.flatten_dict({c: variables[c] for c in collections}, sep="/")
     loaded = traverse_util.flatten_dict({c: imported[c] for c in collections}, sep="/")
@@ -226,7 +238,7 @@ def load_pretrained(path: str | os.PathLike, variables: Variables, num_classes: 
     extra = [k for k in loaded if k not in fresh]
     if absent or extra:
         raise ValueError(
-            f"{path} holds a {name}, which does not fit the model: "
+            f"{source} does not fit the model: "
             f"model-only {_few(absent) or 'none'}; file-only {_few(extra) or 'none'}"
         )
     new_head = file_classes != num_classes
@@ -236,16 +248,15 @@ def load_pretrained(path: str | os.PathLike, variables: Variables, num_classes: 
             merged[key] = value
         elif loaded[key].shape != value.shape:
             raise ValueError(
-                f"{path}: {key} has shape {loaded[key].shape} in the file, "
-                f"{value.shape} in the model"
+                f"{source} does not fit the model: {key} has shape {loaded[key].shape} in the "
+                f"file, {value.shape} in the model"
             )
         else:
-            merged[key] = loaded[key]
+            merged[key] = jnp.asarray(loaded[key], value.dtype)
     if new_head:
         logging.info(
-            "%s: %s with %d classes, the model has %d: head re-initialised, the rest loaded",
-            path,
-            name,
+            "%s has %d classes, the model %d: head re-initialised, the rest loaded",
+            source.removesuffix(", which"),
             file_classes,
             num_classes,
         )

@@ -40,6 +40,15 @@ def _pad(kernel_size: int) -> tuple[tuple[int, int], tuple[int, int]]:
     return ((p, p), (p, p))
 
 
+def _add_shortcut(block: nn.Module, x: Array, y: Array) -> Array:
+    """relu(shortcut(x) + y) inside `block`'s compact call; where the shapes differ the
+    shortcut is a strided 1x1 conv + BN (torchvision's `downsample`)."""
+    if x.shape != y.shape:
+        x = block.conv(y.shape[-1], (1, 1), block.strides, name="downsample_conv")(x)
+        x = block.norm(name="downsample_bn")(x)
+    return nn.relu(x + y)
+
+
 class BasicBlock(nn.Module):
     """Two 3x3 convs (ResNet-18/34); `filters` output channels."""
 
@@ -50,15 +59,11 @@ class BasicBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        residual = x
         y = self.conv(self.filters, (3, 3), self.strides, padding=_pad(3), name="conv1")(x)
         y = nn.relu(self.norm(name="bn1")(y))
         y = self.conv(self.filters, (3, 3), padding=_pad(3), name="conv2")(y)
         y = self.norm(name="bn2")(y)
-        if residual.shape != y.shape:
-            residual = self.conv(self.filters, (1, 1), self.strides, name="downsample_conv")(x)
-            residual = self.norm(name="downsample_bn")(residual)
-        return nn.relu(residual + y)
+        return _add_shortcut(self, x, y)
 
 
 class BottleneckBlock(nn.Module):
@@ -71,17 +76,13 @@ class BottleneckBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        residual = x
         y = self.conv(self.filters, (1, 1), name="conv1")(x)
         y = nn.relu(self.norm(name="bn1")(y))
         y = self.conv(self.filters, (3, 3), self.strides, padding=_pad(3), name="conv2")(y)
         y = nn.relu(self.norm(name="bn2")(y))
         y = self.conv(self.filters * 4, (1, 1), name="conv3")(y)
         y = self.norm(name="bn3")(y)
-        if residual.shape != y.shape:
-            residual = self.conv(self.filters * 4, (1, 1), self.strides, name="downsample_conv")(x)
-            residual = self.norm(name="downsample_bn")(residual)
-        return nn.relu(residual + y)
+        return _add_shortcut(self, x, y)
 
 
 class _ScanBody(nn.Module):
@@ -135,6 +136,7 @@ class ResNet(nn.Module):
             epsilon=1e-5,
             dtype=self.dtype,
             axis_name=self.bn_axis_name,
+            use_fast_variance=False,  # E[(x - mean)^2]: E[x^2] - mean^2 cancels badly.
         )
         base = max(1, round(64 * self.width))
         x = jnp.asarray(x, self.dtype)

@@ -13,7 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hnc_jax import convert, models
+from configs import default
+from hnc_jax import checkpoints, convert, models, train
 
 TORCH_REASON = "torch is optional: pip install -r requirements-torch.txt"
 ARCHS = {  # depth -> (blocks per layer, bottleneck)
@@ -260,6 +261,23 @@ def test_load_pretrained_wrong_depth(resnet18_pth):
         match=r"params/stage1_blocks/block/\w+/\w+ has shape \(1, .*\) in the file, \(2, .*\) in",
     ):
         convert.load_pretrained(path, fresh, num_classes=10)
+
+
+def test_init_from_pth_fills_a_train_state(resnet18_pth):
+    config = default.get_config()
+    config.update(dict(model="resnet18", model_width=1.0, stem="imagenet"))
+    model = train.create_model(config, 3)
+    tx, _ = train.make_optimizer(config, epoch_steps=10)
+    mesh = train.make_mesh()
+    state = train.create_train_state(config, model, tx, jax.random.key(0), mesh, (32, 32, 3))
+    loaded = checkpoints.init_from(str(resnet18_pth), state, num_classes=3)
+    want = convert.from_torchvision(resnet18_pth)
+    np.testing.assert_array_equal(loaded.params["head"]["bias"], state.params["head"]["bias"])
+    del want["params"]["head"]
+    got = {"params": dict(loaded.params), "batch_stats": loaded.batch_stats}
+    del got["params"]["head"]
+    jax.tree.map(np.testing.assert_array_equal, got, want)
+    assert loaded.params["stem_conv"]["kernel"].sharding == state.params["head"]["bias"].sharding
 
 
 def edited(sd, drop=(), **replace):

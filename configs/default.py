@@ -1,0 +1,68 @@
+"""The embedded default: HNC-mse on cluttered digits with a narrow small-image ResNet-18.
+
+Command (from the repository root; needs no download, builds the dataset in seconds):
+
+    python main.py --workdir=workdir/default
+
+Expected: see README "Figures" (>= 90% test top-1 in under 5 minutes on 2 CPU cores,
+compilation included). Every other config starts from this one (`get_config()`), so it also
+documents every field and its default.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    # Model.
+    config.model = "resnet18"
+    config.model_width = 0.125  # 8 channels in the first stage.
+    config.stem = "small"  # 3x3/1 stem, no pool: 6x6 CAMs at 48x48.
+    config.scan_blocks = False
+    config.half_precision = False  # bfloat16 compute and input.
+    config.sync_batch_norm = False  # False: per-device statistics (as the original's 8 GPUs).
+    config.init_from = ""  # A torchvision .pth file or a workdir of this project ("": none).
+    # Data.
+    config.dataset = "cluttered_digits"
+    config.data_dir = None
+    config.image_folder = None
+    config.train_split = "train"
+    config.eval_split = "test"
+    config.image_size = 48
+    config.augment = ml_collections.ConfigDict(
+        dict(random_resized_crop=False, flip=False, crop_padding=4)
+    )
+    config.batch_size = 128  # Global.
+    config.eval_batch_size = 360
+    config.num_epochs = 4
+    config.num_train_steps = -1  # -1: num_epochs * steps per epoch.
+    config.seed = 0
+    # Loss.
+    config.hnc = ml_collections.ConfigDict(
+        dict(loss="mse", weight=0.1, k=3, alpha=0.0, temperature=1.0)
+    )
+    config.label_smoothing = 0.0
+    # Optimizer and schedule.
+    config.optimizer = ml_collections.ConfigDict(
+        dict(
+            learning_rate=0.2,  # For batch_size; scale linearly with the batch.
+            momentum=0.9,
+            nesterov=True,
+            weight_decay=5e-4,
+            weight_decay_mode="coupled",  # 'coupled' (all params) | 'decoupled' (no BN/bias).
+        )
+    )
+    config.schedule = "cosine"  # 'step' | 'cosine' (with linear warm-up).
+    config.warmup_epochs = 0.5
+    config.lr_decay_epochs = [30, 60, 90]  # 'step' only.
+    config.lr_decay_factor = 0.1  # 'step' only.
+    config.grad_clip_norm = 0.0  # 0: no clipping.
+    # Logging, evaluation, checkpoints.
+    config.log_every_steps = 20
+    config.eval_every_steps = -1  # -1: every epoch.
+    config.checkpoint_every_steps = -1  # -1: every epoch.
+    config.keep_checkpoints = 2  # The last n, plus the best by eval top-1.
+    config.image_panel_examples = 4  # Eval examples drawn with their CAMs (0: none).
+    config.profile_first_step = 0  # > 0: profile a few steps from this one.
+    config.compilation_cache_dir = ""  # "": ~/.cache/hnc_jax/jax_cache; None: off.
+    return config

@@ -1,0 +1,11 @@
+"""ResNet-101 + HNC-kd (lambda 0.0065, k 100, T 1) on ImageNet: the released recipe.
+
+    python main.py --workdir=gs://BUCKET/r101_hnc_kd \
+        --config=configs/imagenet_resnet101_hnc_kd.py --config.data_dir=gs://BUCKET/tfds
+"""
+
+from configs import imagenet_base
+
+
+def get_config():
+    return imagenet_base.with_hnc(imagenet_base.get_config(), "kd", 0.0065)

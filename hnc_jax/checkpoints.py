@@ -1,0 +1,98 @@
+"""Orbax checkpoints in `<workdir>/checkpoints`: asynchronous saves, the last n kept plus the
+best by eval top-1 (one manager, two preservation policies), restore of the latest or best.
+
+A checkpoint is the whole `TrainState` (step, params, batch_stats, opt_state); steps saved
+after an evaluation carry its metrics (`eval/top1`, ...), which rank them for "best".
+`init_from` starts a new run from the weights of a torchvision `.pth` file or of another
+run's latest checkpoint.
+"""
+
+import os
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+
+from hnc_jax import convert
+
+BEST_METRIC = "eval/top1"
+
+
+def checkpoint_dir(workdir: str) -> str:
+    return os.path.join(os.path.abspath(workdir), "checkpoints")
+
+
+def _best_metric(metrics: dict[str, float]) -> float:
+    return metrics[BEST_METRIC]
+
+
+def create_manager(workdir: str, keep: int, read_only: bool = False) -> ocp.CheckpointManager:
+    """Keeps the `keep` latest steps and the one with the highest eval top-1."""
+    policy = ocp.checkpoint_managers.AnyPreservationPolicy(
+        [
+            ocp.checkpoint_managers.LatestN(n=keep),
+            ocp.checkpoint_managers.BestN(
+                get_metric_fn=_best_metric,
+                n=1,
+                keep_checkpoints_without_metrics=False,
+            ),
+        ]
+    )
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=policy,
+        best_fn=_best_metric,  # Also makes orbax store the metrics.
+        enable_async_checkpointing=True,
+        read_only=read_only,
+        create=not read_only,
+    )
+    return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
+
+
+def save(
+    manager: ocp.CheckpointManager, step: int, state, metrics: dict[str, float] | None = None
+) -> None:
+    """Starts an asynchronous save of `state` at `step` (every process must call it)."""
+    manager.save(step, args=ocp.args.StandardSave(state), metrics=metrics, force=True)
+
+
+def restore(manager: ocp.CheckpointManager, step: int, target):
+    """The state saved at `step`, laid out (shapes, dtypes, shardings) like `target`."""
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    return manager.restore(step, args=ocp.args.StandardRestore(abstract))
+
+
+def load_variables(path: str) -> dict:
+    """{'params', 'batch_stats'} of the latest checkpoint of a workdir (or its checkpoints/
+    directory) of this project, as saved (any model and class count)."""
+    directory = epath.Path(path)
+    if directory.name != "checkpoints":
+        directory = directory / "checkpoints"
+    if not directory.is_dir():
+        raise FileNotFoundError(f"init_from: no checkpoints directory at {directory}")
+    options = ocp.CheckpointManagerOptions(read_only=True, create=False)
+    with ocp.CheckpointManager(directory, options=options) as manager:
+        step = manager.latest_step()
+        if step is None:
+            raise ValueError(f"init_from: no checkpoint in {directory}")
+        restored = manager.restore(step, args=ocp.args.StandardRestore())
+    return {"params": restored["params"], "batch_stats": restored["batch_stats"]}
+
+
+def init_from(path: str, state, num_classes: int):
+    """`state` with its params and BatchNorm statistics taken from `path`: a torchvision
+    `.pth`/`.pt` file or a workdir of this project. The head is re-initialised when the class
+    count differs; the optimizer state stays fresh. Same shardings as `state`."""
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    if str(path).endswith((".pth", ".pt")):
+        merged = convert.load_pretrained(path, variables, num_classes)
+    else:
+        imported = load_variables(path)
+        merged = convert.merge_pretrained(variables, imported, num_classes, f"{path}, which")
+
+    def place(new, old):  # Works on every process of a multi-host run alike.
+        host = np.asarray(new, old.dtype)
+        return jax.make_array_from_callback(host.shape, old.sharding, lambda index: host[index])
+
+    merged = jax.tree.map(place, merged, variables)
+    return state.replace(params=merged["params"], batch_stats=merged["batch_stats"])

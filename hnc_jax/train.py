@@ -1,0 +1,309 @@
+"""Data-parallel training and evaluation: one jit-compiled `jax.shard_map` step over a
+`data` mesh axis spanning every device of every process.
+
+Parameters and optimizer state are replicated (`P()`), batches are sharded (`P('data')`).
+Each device computes its local mean loss; under shard_map's varying-value checks the
+gradient of the replicated parameters comes back summed over devices (the transpose of the
+implicit broadcast is a psum), so dividing by the device count gives the global-batch
+gradient (equal shards; see the spec's data-parallel section). BatchNorm: per-device batch
+statistics (the original's 8 GPUs x 32 images), or synchronised across devices with
+`config.sync_batch_norm`. With per-device statistics the updated running averages are
+averaged over devices after each step, so every device holds the same running statistics
+for evaluation and checkpoints (torch DDP would instead keep rank 0's).
+
+The loss is `cross_entropy + hnc.weight * HNC` with HNC built from the k selected CAMs only
+(`losses.hnc_from_features`); with `hnc.loss='none'` or weight 0 nothing HNC-related is
+traced. `train/num_posi` needs all C CAMs, so it is computed only on logging steps (a
+`lax.cond` runs only its taken branch).
+"""
+
+import functools
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from etils import epath
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from hnc_jax import input_pipeline, losses, models
+
+HNC_CHOICES = ("mse", "kd", "none")
+SCHEDULES = ("step", "cosine")
+WEIGHT_DECAY_MODES = ("coupled", "decoupled")
+DEFAULT_CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "hnc_jax", "jax_cache")
+
+
+class TrainState(flax.struct.PyTreeNode):
+    """Everything a checkpoint holds; `step` counts completed steps."""
+
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+
+
+def enable_compilation_cache(path: str | None = DEFAULT_CACHE_DIR) -> None:
+    """Persistent XLA compilation cache in `path` (None or "": off). Thresholds are lowered
+    so that CPU compiles (seconds, small executables) are cached too."""
+    if not path:
+        return
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def _one_of(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"unknown {name} {value!r}; allowed: {', '.join(allowed)}")
+
+
+def validate_config(config: ml_collections.ConfigDict) -> input_pipeline.DatasetInfo:
+    """Raises ValueError (one line) for a config that cannot train; returns the dataset info.
+
+    Cheap checks first; the dataset check may prepare the embedded dataset (in its data dir,
+    never in the workdir).
+    """
+    _one_of("model", config.model, models.MODEL_NAMES)
+    _one_of("stem", config.stem, models.STEMS)
+    if config.model_width <= 0:
+        raise ValueError(f"model_width must be > 0, got {config.model_width}")
+    _one_of("hnc.loss", config.hnc.loss, HNC_CHOICES)
+    if config.hnc.weight < 0:
+        raise ValueError(f"hnc.weight must be >= 0, got {config.hnc.weight}")
+    if config.hnc.temperature <= 0:
+        raise ValueError(f"hnc.temperature must be > 0, got {config.hnc.temperature}")
+    _one_of("schedule", config.schedule, SCHEDULES)
+    _one_of("optimizer.weight_decay_mode", config.optimizer.weight_decay_mode, WEIGHT_DECAY_MODES)
+    opt = config.optimizer
+    if opt.learning_rate <= 0 or not 0 <= opt.momentum < 1 or opt.weight_decay < 0:
+        raise ValueError(
+            "optimizer needs learning_rate > 0, 0 <= momentum < 1 and weight_decay >= 0, got "
+            f"{opt.learning_rate}, {opt.momentum}, {opt.weight_decay}"
+        )
+    if not 0 <= config.label_smoothing < 1 or config.grad_clip_norm < 0:
+        raise ValueError("label_smoothing must be in [0, 1) and grad_clip_norm >= 0 (0: off)")
+    for field in ("log_every_steps", "eval_every_steps", "checkpoint_every_steps"):
+        if config[field] == 0 or config[field] < -1:
+            raise ValueError(f"{field} must be > 0 (or -1: every epoch), got {config[field]}")
+    if config.keep_checkpoints < 1:
+        raise ValueError(f"keep_checkpoints must be >= 1, got {config.keep_checkpoints}")
+    if config.init_from and not epath.Path(config.init_from).exists():
+        raise ValueError(
+            f"init_from {config.init_from!r} does not exist; give a torchvision .pth file or "
+            "a workdir of this project"
+        )
+    info = input_pipeline.get_info(config)  # Unknown dataset, batch vs devices, ...
+    if config.hnc.loss != "none" and not 1 <= config.hnc.k < info.num_classes:
+        raise ValueError(
+            f"hnc.k must be in [1, {info.num_classes - 1}] ({info.name} has "
+            f"{info.num_classes} classes), got {config.hnc.k}"
+        )
+    return info
+
+
+def hnc_enabled(config: ml_collections.ConfigDict) -> bool:
+    """False for the cross-entropy baseline (`hnc.loss='none'` or weight 0)."""
+    return config.hnc.loss != "none" and config.hnc.weight > 0
+
+
+def make_mesh() -> Mesh:
+    """A 1-D mesh, axis 'data', over every device of every process."""
+    return Mesh(np.asarray(jax.devices()), ("data",))
+
+
+def create_model(config: ml_collections.ConfigDict, num_classes: int) -> models.ResNet:
+    """The configured ResNet (sync BN over the 'data' axis when `config.sync_batch_norm`)."""
+    return models.create_model(
+        config.model,
+        num_classes=num_classes,
+        width=config.model_width,
+        stem=config.stem,
+        dtype=jnp.bfloat16 if config.half_precision else jnp.float32,
+        bn_axis_name="data" if config.sync_batch_norm else None,
+        scan_blocks=config.scan_blocks,
+    )
+
+
+def steps_per_epoch(config: ml_collections.ConfigDict, num_train: int) -> int:
+    return max(1, num_train // config.batch_size)
+
+
+def num_train_steps(config: ml_collections.ConfigDict, epoch_steps: int) -> int:
+    if config.num_train_steps > 0:
+        return config.num_train_steps
+    return int(config.num_epochs * epoch_steps)
+
+
+def make_schedule(config: ml_collections.ConfigDict, epoch_steps: int) -> optax.Schedule:
+    """Learning rate per step: 'step' (x lr_decay_factor at each of lr_decay_epochs) or
+    'cosine' (to 0 at the last step); both after `warmup_epochs` of linear warm-up."""
+    lr = config.optimizer.learning_rate
+    warmup = int(config.warmup_epochs * epoch_steps)
+    total = num_train_steps(config, epoch_steps)
+    if config.schedule == "cosine":
+        return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(total, warmup + 1))
+    boundaries = {int(e * epoch_steps): config.lr_decay_factor for e in config.lr_decay_epochs}
+    decay = optax.piecewise_constant_schedule(lr, boundaries)
+    if not warmup:
+        return decay
+    return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), decay], [warmup])
+
+
+def make_optimizer(
+    config: ml_collections.ConfigDict, epoch_steps: int
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """SGD with momentum (optionally Nesterov) and the configured weight decay and schedule.
+
+    'coupled' decay (the original, torch SGD's weight_decay): `wd * p` is added to the
+    gradient of every parameter (BN and biases too) before momentum. 'decoupled': `lr * wd * p`
+    is subtracted after momentum, skipping BN parameters and biases (rank <= 1).
+    Clipping (`grad_clip_norm` > 0) acts on the raw gradient, before any decay.
+    """
+    opt = config.optimizer
+    schedule = make_schedule(config, epoch_steps)
+    clip = [optax.clip_by_global_norm(config.grad_clip_norm)] if config.grad_clip_norm else []
+    momentum = optax.trace(decay=opt.momentum, nesterov=opt.nesterov)
+    if opt.weight_decay_mode == "coupled":
+        parts = [optax.add_decayed_weights(opt.weight_decay), momentum]
+    else:
+
+        def mask(params):
+            return jax.tree.map(lambda p: p.ndim > 1, params)
+
+        parts = [momentum, optax.add_decayed_weights(opt.weight_decay, mask)]
+    tx = optax.chain(*clip, *parts, optax.scale_by_learning_rate(schedule))
+    return tx, schedule
+
+
+def create_train_state(
+    config: ml_collections.ConfigDict,
+    model: models.ResNet,
+    tx: optax.GradientTransformation,
+    rng: jax.Array,
+    mesh: Mesh,
+    image_shape: tuple[int, int, int],
+) -> TrainState:
+    """Initial state, replicated over `mesh`; `image_shape` is (S, S, 3)."""
+
+    def init():
+        dummy = jnp.zeros((1, *image_shape), jnp.bfloat16 if config.half_precision else jnp.float32)
+        # Initialise without the BN axis (no collective outside shard_map); same shapes.
+        variables = model.clone(bn_axis_name=None).init(rng, dummy, train=False)
+        params = variables["params"]
+        return TrainState(jnp.int32(0), params, variables["batch_stats"], tx.init(params))
+
+    return jax.jit(init, out_shardings=NamedSharding(mesh, P()))()
+
+
+def shard_batch(mesh: Mesh, local_batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
+    """This process's part of a batch -> global arrays sharded over 'data' (dim 0)."""
+    sharding = NamedSharding(mesh, P("data"))
+    return {
+        key: jax.make_array_from_process_local_data(sharding, value)
+        for key, value in local_batch.items()
+    }
+
+
+def _full_cams(features: jax.Array, params: Any) -> jax.Array:
+    """All C CAMs (B, H, W, C) float32 from the features (B, H, W, D)."""
+    head = params["head"]
+    return (
+        jnp.einsum(
+            "bhwd,dc->bhwc",
+            features,
+            head["kernel"].astype(features.dtype),
+            preferred_element_type=jnp.float32,
+        )
+        + head["bias"]
+    )
+
+
+def make_train_step(
+    config: ml_collections.ConfigDict,
+    model: models.ResNet,
+    tx: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    mesh: Mesh,
+) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+    """The jitted step `(state, batch) -> (state, metrics)`; the state is donated.
+
+    `batch`: global arrays {'image' (B, S, S, 3), 'label' (B,) or (B, C)} sharded over
+    'data' (`shard_batch`); other keys are ignored. Metrics are replicated scalars: loss, ce,
+    hnc, top1, num_posi (0 except on steps with `(step + 1) % log_every_steps == 0`),
+    grad_norm, lr.
+    """
+    use_hnc = hnc_enabled(config)
+    hnc = config.hnc
+    num_devices = mesh.size
+
+    def loss_fn(params, batch_stats, images, labels):
+        (logits, features), updates = model.apply(
+            {"params": params, "batch_stats": batch_stats},
+            images,
+            train=True,
+            return_features=True,
+            mutable=["batch_stats"],
+        )
+        ce = losses.cross_entropy(logits, labels, config.label_smoothing)
+        hnc_loss = jnp.float32(0.0)
+        if use_hnc:
+            hnc_loss = losses.hnc_from_features(
+                features,
+                params["head"]["kernel"],
+                params["head"]["bias"],
+                logits,
+                labels,
+                loss=hnc.loss,
+                k=hnc.k,
+                alpha=hnc.alpha,
+                temperature=hnc.temperature,
+            )
+        loss = ce + hnc.weight * hnc_loss
+        return loss, (ce, hnc_loss, logits, features, updates["batch_stats"])
+
+    def per_device_step(state, batch):
+        images, labels = batch["image"], batch["label"]
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+        (loss, aux), grads = grad_fn(state.params, state.batch_stats, images, labels)
+        ce, hnc_loss, logits, features, batch_stats = aux
+        # Summed over devices by the transpose of the replicated params' broadcast.
+        grads = jax.tree.map(lambda g: g / num_devices, grads)
+        if not config.sync_batch_norm:
+            batch_stats = jax.lax.pmean(batch_stats, "data")
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        num_posi = jax.lax.cond(
+            (state.step + 1) % config.log_every_steps == 0,
+            lambda f: losses.num_positive_negative_pixels(_full_cams(f, state.params), labels),
+            lambda f: jax.lax.pcast(jnp.float32(0.0), "data", to="varying"),
+            jax.lax.stop_gradient(features),
+        )
+        local = {
+            "loss": loss,
+            "ce": ce,
+            "hnc": hnc_loss,
+            "top1": jnp.mean(losses.correct_top_k(logits, labels, 1)),
+            "num_posi": num_posi,
+        }
+        metrics = jax.lax.pmean(local, "data")
+        metrics["grad_norm"] = optax.global_norm(grads)
+        metrics["lr"] = jnp.asarray(schedule(state.step), jnp.float32)
+        new_state = TrainState(state.step + 1, params, batch_stats, opt_state)
+        return new_state, metrics
+
+    step = jax.shard_map(
+        per_device_step, mesh=mesh, in_specs=(P(), P("data")), out_specs=(P(), P())
+    )
+
+    @functools.partial(jax.jit, donate_argnums=0)
+    def train_step(state, batch):
+        return step(state, {"image": batch["image"], "label": batch["label"]})
+
+    return train_step

@@ -1,0 +1,80 @@
+"""Trains or evaluates an HNC (or cross-entropy) ResNet. With no --config: the embedded
+cluttered-digits default (configs/default.py).
+
+    python main.py --workdir=workdir/default
+    python main.py --workdir=w --config=configs/imagenet_resnet101_hnc_mse.py \
+        --config.data_dir=gs://bucket/tfds --config.hnc.weight=0.07
+    python main.py --workdir=w --mode=eval --checkpoint=best
+
+Multi-process (one process per host): --coordinator_address, --num_processes and
+--process_id go to `jax.distributed.initialize`; without them, a Cloud TPU pod or SLURM
+allocation is detected automatically, anything else runs as a single process.
+"""
+
+import os
+import sys
+
+import jax
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+flags.DEFINE_string("workdir", None, "Checkpoints and TensorBoard events go here.")
+config_flags.DEFINE_config_file(
+    "config",
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "default.py"),
+    "Config file (get_config()).",
+)
+flags.DEFINE_enum("mode", "train", ["train", "eval", "cam"], "train (resumes), eval or cam.")
+flags.DEFINE_list("images", None, "--mode=cam: image files (default: the first eval images).")
+flags.DEFINE_integer("num_images", 8, "--mode=cam: how many eval images without --images.")
+flags.DEFINE_string("out", None, "--mode=cam: output PNG (default: <workdir>/cams.png).")
+flags.DEFINE_enum("checkpoint", "latest", ["latest", "best"], "Checkpoint to evaluate.")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
+flags.DEFINE_integer("num_processes", None, "Number of processes.")
+flags.DEFINE_integer("process_id", None, "This process's index.")
+flags.mark_flags_as_required(["workdir"])
+FLAGS = flags.FLAGS
+
+
+def init_distributed() -> None:
+    """Connects the processes (explicit flags, else cluster auto-detection, else alone)."""
+    if FLAGS.coordinator_address or FLAGS.num_processes:
+        jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+        return
+    try:
+        jax.distributed.initialize()  # Cloud TPU, SLURM, MPI, ... when detected.
+    except ValueError:  # No cluster: a single process.
+        pass
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    # Orbax logs every save step at INFO; keep the log to progress and metrics.
+    logging.get_absl_handler().addFilter(lambda record: "/orbax/" not in record.pathname)
+    from hnc_jax import trainer  # After flag parsing: imports TensorFlow.
+
+    init_distributed()
+    logging.info("process %d/%d, devices: %s", jax.process_index(), jax.process_count(),
+                 jax.devices())  # fmt: skip
+    try:
+        if FLAGS.mode == "train":
+            result = trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+        elif FLAGS.mode == "cam":
+            from hnc_jax import cam
+
+            out = FLAGS.out or os.path.join(FLAGS.workdir, "cams.png")
+            args = (FLAGS.config, FLAGS.workdir, FLAGS.images, FLAGS.num_images, out)
+            print(f"wrote {cam.render_from_workdir(*args)}")
+            return
+        else:
+            result = trainer.evaluate_checkpoint(FLAGS.config, FLAGS.workdir, FLAGS.checkpoint)
+    except (ValueError, FileNotFoundError, FloatingPointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    logging.info("final: %s", result)
+    if jax.process_index() == 0:
+        print(" ".join(f"{k}={v:.4f}" for k, v in result.items()))
+
+
+if __name__ == "__main__":
+    app.run(main)
