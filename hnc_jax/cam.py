@@ -1,0 +1,431 @@
+"""Class activation maps: upsampling, boxes, localization metrics, negative-CAM statistics,
+and overlays in the layout of the paper's figure 1.
+
+Shapes: cams (B, h, w, C) as the model returns them (6x6 for 48x48 digits with the small stem,
+7x7 at 224x224 with the ImageNet stem); logits (B, C); labels (B,) int class ids; images
+(B, S, S, 3) as the input pipeline gives them (normalised); boxes (B, 4) float
+[ymin, xmin, ymax, xmax] in [0, 1], pixel edges divided by the side (the pipeline's convention).
+
+Metrics are numpy (connected components need scipy); the model call is JAX.
+- Localization (weakly supervised, CAM paper protocol): the true class's CAM (GT-known) or the
+  predicted class's CAM (top-1), upsampled to the image, min-max normalised, thresholded at
+  `threshold` of its max; the box of the largest connected region must have IoU >= 0.5 with
+  the ground truth. Top-1 localization also needs a correct top-1 prediction. MaxBoxAcc is
+  GT-known localization at the best of a grid of thresholds (Choe et al., CVPR 2020).
+- Negative CAMs (the k hard negatives, chosen as HNC chooses them): `num_posi` (the spec's
+  count of positive pixels over all negative CAMs), `neg_peak` (mean of the k maps' maxima) and
+  `peak_on_clutter` (the fraction of those maxima whose cell centre lies outside the target's
+  box: on cluttered digits, everything outside the target's box is clutter or background).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+from scipy import ndimage
+
+from hnc_jax import losses
+
+Array = Any
+# IoU >= 0.5, with slack for boxes stored as fractions of the side (1/3 + 1/6 != 0.5).
+IOU_THRESHOLD = 0.5 - 1e-9
+CELL_INCHES, DPI = 1.6, 100  # One overlay panel is 160x160 pixels in the PNG.
+THRESHOLDS = tuple(np.round(np.arange(0.05, 1.0, 0.05), 2).tolist())  # For MaxBoxAcc.
+METRICS = ("top1", "gt_known_loc", "top1_loc", "iou", "num_posi", "neg_peak", "peak_on_clutter")
+
+
+def _check_cams(cams: Array) -> None:
+    if np.ndim(cams) != 4:
+        raise ValueError(f"cams must have rank 4 (B, h, w, C), got shape {np.shape(cams)}")
+
+
+def _check_int_labels(labels: Array, batch: int) -> None:
+    labels = np.asarray(labels)
+    if labels.shape != (batch,) or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(
+            f"labels must be int class ids of shape ({batch},), got shape {labels.shape} and "
+            f"dtype {labels.dtype} (localization needs one target per image)"
+        )
+
+
+def upsample_cams(cams: Array, size: int) -> jax.Array:
+    """(B, h, w, C) -> (B, size, size, C) float32, bilinear with half-pixel centres."""
+    _check_cams(cams)
+    batch, _, _, channels = np.shape(cams)
+    return jax.image.resize(
+        jnp.asarray(cams, jnp.float32), (batch, size, size, channels), method="bilinear"
+    )
+
+
+def normalize_cams(cams: Array) -> jax.Array:
+    """Min-max normalises each map of (B, H, W, C) over H, W to [0, 1]; flat maps become 0."""
+    _check_cams(cams)
+    cams = jnp.asarray(cams, jnp.float32)
+    lo = jnp.min(cams, axis=(1, 2), keepdims=True)
+    span = jnp.max(cams, axis=(1, 2), keepdims=True) - lo
+    return jnp.where(span > 0, (cams - lo) / jnp.where(span > 0, span, 1.0), 0.0)
+
+
+def cam_box(cam: Array, threshold: float = 0.2) -> np.ndarray:
+    """Box of the largest connected region of a CAM above `threshold` of its (min-max) range.
+
+    Args:
+      cam: (H, W) map, usually upsampled to the image size.
+      threshold: in [0, 1): pixels >= min + threshold * (max - min) are foreground.
+
+    Returns:
+      (4,) float64 [ymin, xmin, ymax, xmax] in [0, 1] (end-exclusive pixel edges / side); the
+      whole image for a flat map.
+    """
+    cam = np.asarray(cam, np.float64)
+    if cam.ndim != 2:
+        raise ValueError(f"cam must have rank 2 (H, W), got shape {cam.shape}")
+    if not 0.0 <= threshold < 1.0:
+        raise ValueError(f"threshold must be in [0, 1), got {threshold!r}")
+    height, width = cam.shape
+    lo, hi = cam.min(), cam.max()
+    if not hi > lo:
+        return np.array([0.0, 0.0, 1.0, 1.0])
+    regions, _ = ndimage.label(cam >= lo + threshold * (hi - lo))  # 4-connectivity
+    largest = regions == 1 + np.argmax(np.bincount(regions.ravel())[1:])
+    rows, cols = np.flatnonzero(largest.any(1)), np.flatnonzero(largest.any(0))
+    return np.array([rows[0], cols[0], rows[-1] + 1, cols[-1] + 1]) / [height, width, height, width]
+
+
+def box_iou(a: Array, b: Array) -> np.ndarray:
+    """IoU of boxes [..., 4] = [ymin, xmin, ymax, xmax] (broadcasting); 0 for empty unions."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    inter_h = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
+    inter_w = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
+    inter = inter_h * inter_w
+    area_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
+    area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
+    union = area_a + area_b - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+
+
+def _class_maps(cams: Array, classes: np.ndarray, size: int | None) -> np.ndarray:
+    """(B, h, w, C), (B,) -> the chosen class's map per image, (B, S, S) (upsampled to size)."""
+    maps = np.take_along_axis(np.asarray(cams, np.float32), classes[:, None, None, None], -1)
+    if size is not None:
+        maps = upsample_cams(maps, size)
+    return np.asarray(maps)[..., 0]
+
+
+def localization_hits(
+    cams: Array,
+    logits: Array,
+    labels: Array,
+    boxes: Array,
+    threshold: float = 0.2,
+    size: int | None = None,
+) -> dict[str, np.ndarray]:
+    """Per image (B,) float64: `iou` (GT-known box vs truth), `gt_known_loc` (iou >= 0.5),
+    `top1_loc` (top-1 correct and the predicted class's box has IoU >= 0.5), `top1`.
+
+    `size`: upsample the CAMs to (size, size) first (the image side); None uses them as given.
+    """
+    _check_cams(cams)
+    labels = np.asarray(labels)
+    _check_int_labels(labels, np.shape(cams)[0])
+    boxes = np.asarray(boxes, np.float64)
+    if boxes.shape != (len(labels), 4):
+        raise ValueError(f"boxes must have shape ({len(labels)}, 4), got {boxes.shape}")
+    predicted = np.argmax(np.asarray(logits), axis=-1)
+    true_maps = _class_maps(cams, labels, size)
+    iou = box_iou(np.stack([cam_box(m, threshold) for m in true_maps]), boxes)
+    pred_maps = _class_maps(cams, predicted, size)
+    pred_iou = box_iou(np.stack([cam_box(m, threshold) for m in pred_maps]), boxes)
+    top1 = predicted == labels
+    return {
+        "top1": top1.astype(np.float64),
+        "iou": iou,
+        "gt_known_loc": (iou >= IOU_THRESHOLD).astype(np.float64),
+        "top1_loc": (top1 & (pred_iou >= IOU_THRESHOLD)).astype(np.float64),
+    }
+
+
+def localization_metrics(
+    cams: Array,
+    logits: Array,
+    labels: Array,
+    boxes: Array,
+    threshold: float = 0.2,
+    size: int | None = None,
+) -> dict[str, float]:
+    """Batch means of `localization_hits`: gt_known_loc, top1_loc (and top1, mean iou)."""
+    hits = localization_hits(cams, logits, labels, boxes, threshold, size)
+    return {name: float(np.mean(value)) for name, value in hits.items()}
+
+
+def negative_cam_hits(
+    cams: Array, labels: Array, k: int, boxes: Array | None = None
+) -> dict[str, np.ndarray]:
+    """Per image (B,) float64: `num_posi` (positive pixels over all C-1 negative CAMs),
+    `neg_peak` (mean over the k hard negatives of each map's max) and, with boxes,
+    `peak_on_clutter` (fraction of those k maxima whose cell centre is outside the box)."""
+    _check_cams(cams)
+    cams = np.asarray(cams, np.float32)
+    batch, height, width, num_classes = cams.shape
+    labels = np.asarray(labels)
+    _check_int_labels(labels, batch)
+    negatives = ~np.asarray(losses.positive_mask(jnp.asarray(labels), num_classes))
+    out = {"num_posi": np.sum((cams > 0) & negatives[:, None, None, :], axis=(1, 2, 3))}
+    idx, _ = losses.select_hard_negatives(jnp.asarray(cams.sum(axis=(1, 2))), labels, k)
+    maps = np.take_along_axis(cams, np.asarray(idx)[:, None, None, :], -1).reshape(batch, -1, k)
+    out["neg_peak"] = maps.max(axis=1).mean(axis=1)
+    if boxes is not None:
+        rows, cols = np.divmod(maps.argmax(axis=1), width)  # (B, k) peak cells
+        y, x = (rows + 0.5) / height, (cols + 0.5) / width
+        boxes = np.asarray(boxes, np.float64)[:, None, :]
+        inside = (y >= boxes[..., 0]) & (y < boxes[..., 2]) & (x >= boxes[..., 1])
+        inside &= x < boxes[..., 3]
+        out["peak_on_clutter"] = np.mean(~inside, axis=1)
+    return {name: value.astype(np.float64) for name, value in out.items()}
+
+
+def negative_cam_stats(
+    cams: Array, labels: Array, k: int, boxes: Array | None = None
+) -> dict[str, float]:
+    """Batch means of `negative_cam_hits`: num_posi, neg_peak[, peak_on_clutter]."""
+    hits = negative_cam_hits(cams, labels, k, boxes)
+    return {name: float(np.mean(value)) for name, value in hits.items()}
+
+
+def gt_known_curve(
+    cams: Array, labels: Array, boxes: Array, thresholds: Sequence[float], size: int | None = None
+) -> np.ndarray:
+    """(B, T) float64: GT-known localization hit of each image at each CAM threshold.
+
+    Its batch mean maximised over thresholds is MaxBoxAcc (Choe et al., CVPR 2020): the
+    localization score free of the threshold choice (a fixed one favours maps of one spread).
+    """
+    _check_cams(cams)
+    labels = np.asarray(labels)
+    _check_int_labels(labels, np.shape(cams)[0])
+    maps = _class_maps(cams, labels, size)
+    found = np.array([[cam_box(m, t) for t in thresholds] for m in maps])  # (B, T, 4)
+    return (box_iou(found, np.asarray(boxes, np.float64)[:, None]) >= IOU_THRESHOLD) * 1.0
+
+
+def evaluate_cams(
+    apply_fn: Any,
+    batches: Iterable[dict[str, np.ndarray]],
+    *,
+    k: int,
+    threshold: float = 0.2,
+    thresholds: Sequence[float] = THRESHOLDS,
+) -> dict[str, float]:
+    """Means of `METRICS` over eval batches with 'image', 'label', 'box' and 'mask', plus
+    `max_box_acc` (the best GT-known localization over `thresholds`) and `best_threshold`.
+
+    `apply_fn(images) -> (logits, cams)`, e.g. a jitted `model.apply` with fixed variables;
+    CAMs are upsampled to the image side for localization.
+    """
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in (*METRICS, "curve")}
+    for batch in batches:
+        logits, cams = apply_fn(batch["image"])
+        keep = np.asarray(batch["mask"], bool)
+        labels, boxes, size = batch["label"], batch["box"], batch["image"].shape[1]
+        hits = {
+            **localization_hits(cams, logits, labels, boxes, threshold, size),
+            **negative_cam_hits(cams, labels, k, boxes),
+            "curve": gt_known_curve(cams, labels, boxes, thresholds, size),
+        }
+        for name, values in parts.items():
+            values.append(hits[name][keep])
+    out = {name: float(np.mean(np.concatenate(parts[name]))) for name in METRICS}
+    curve = np.mean(np.concatenate(parts["curve"]), axis=0)
+    out["max_box_acc"] = float(curve.max())
+    out["best_threshold"] = float(thresholds[int(np.argmax(curve))])
+    return out
+
+
+def _display_image(image: np.ndarray) -> np.ndarray:
+    """Any-range (S, S, 3) image -> [0, 1] per image (undoes the pipeline's normalisation up
+    to an affine map, which is all a display needs)."""
+    image = np.asarray(image, np.float32)
+    lo, hi = image.min(), image.max()
+    return (image - lo) / (hi - lo) if hi > lo else np.zeros_like(image)
+
+
+def _draw_box(ax: Any, box: np.ndarray, size: int, color: str) -> None:
+    ymin, xmin, ymax, xmax = np.asarray(box) * size - 0.5  # pixel edges in imshow coordinates
+    ax.add_patch(
+        Rectangle((xmin, ymin), xmax - xmin, ymax - ymin, fill=False, lw=1.5, edgecolor=color)
+    )
+
+
+def overlay_figure(
+    images: Array,
+    cams: Array,
+    logits: Array,
+    labels: Array | None,
+    class_names: Sequence[str],
+    k: int = 3,
+    boxes: Array | None = None,
+    threshold: float = 0.2,
+) -> Figure:
+    """Figure 1 of the paper, one row per image: the input, the true class's CAM, the CAMs of
+    the k hard negatives, titled with class names and softmax scores. `labels` None (images
+    without annotation): the predicted class takes the true class's place ("top-1").
+
+    The CAMs of a row share one colour scale (their joint min and max), so a suppressed
+    negative map looks dark rather than being stretched to full contrast. With `boxes`, the
+    true box is drawn in green on the input and the true-class panel, and the CAM box
+    (`cam_box` at `threshold`) in red on the true-class panel.
+    """
+    _check_cams(cams)
+    images = np.asarray(images, np.float32)
+    batch, size = images.shape[0], images.shape[1]
+    first = "true" if labels is not None else "top-1"
+    labels = np.asarray(np.argmax(logits, -1) if labels is None else labels)
+    _check_int_labels(labels, batch)
+    if len(class_names) != np.shape(cams)[-1]:
+        raise ValueError(f"got {len(class_names)} class names for {np.shape(cams)[-1]} classes")
+    probs = np.asarray(jax.nn.softmax(jnp.asarray(logits, jnp.float32)))
+    idx, _ = losses.select_hard_negatives(jnp.asarray(logits), labels, k)
+    classes = np.concatenate([labels[:, None], np.asarray(idx)], axis=1)  # (B, 1 + k)
+    maps = np.asarray(
+        upsample_cams(
+            np.take_along_axis(np.asarray(cams, np.float32), classes[:, None, None, :], -1), size
+        )
+    )
+    cols = k + 2
+    fig = Figure(figsize=(cols * CELL_INCHES, batch * CELL_INCHES), dpi=DPI)
+    fig.subplots_adjust(
+        left=0.01, right=0.99, bottom=0.01, top=1 - 0.28 / batch, wspace=0.05, hspace=0.3
+    )
+    axes = fig.subplots(batch, cols, squeeze=False)
+    for b in range(batch):
+        shown = _display_image(images[b])
+        lo, hi = maps[b].min(), maps[b].max()
+        axes[b, 0].imshow(shown)
+        title = f"input: {class_names[labels[b]]}" if first == "true" else "input"
+        axes[b, 0].set_title(title, fontsize=8)
+        for j, c in enumerate(classes[b]):
+            ax = axes[b, j + 1]
+            ax.imshow(shown.mean(-1), cmap="gray")
+            ax.imshow(maps[b, ..., j], cmap="jet", alpha=0.5, vmin=lo, vmax=hi)
+            kind = first if j == 0 else f"neg {j}"
+            ax.set_title(
+                f"{kind}: {class_names[c]} {probs[b, c]:.2f}\nmax {maps[b, ..., j].max():.2f}",
+                fontsize=7,
+            )
+        if boxes is not None:
+            _draw_box(axes[b, 0], boxes[b], size, "lime")
+            _draw_box(axes[b, 1], boxes[b], size, "lime")
+            _draw_box(axes[b, 1], cam_box(maps[b, ..., 0], threshold), size, "red")
+        for ax in axes[b]:
+            ax.set_axis_off()
+    return fig
+
+
+def render_overlays(
+    images: Array,
+    cams: Array,
+    logits: Array,
+    labels: Array | None,
+    class_names: Sequence[str],
+    k: int,
+    path: str,
+    boxes: Array | None = None,
+    threshold: float = 0.2,
+) -> str:
+    """Writes `overlay_figure(...)` as a PNG of (B * 160) x ((k + 2) * 160) pixels; returns path."""
+    fig = overlay_figure(images, cams, logits, labels, class_names, k, boxes, threshold)
+    fig.savefig(path, dpi=DPI, format="png")
+    return path
+
+
+def figure_to_array(fig: Figure) -> np.ndarray:
+    """A figure as an (H, W, 3) uint8 array (e.g. for a TensorBoard image summary)."""
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def load_images(paths: Sequence[str], config: Any) -> np.ndarray:
+    """Image files -> (N, S, S, 3) float32, preprocessed as the eval pipeline does: whole and
+    resized for small-image datasets (side `config.image_size` <= 64), else central crop."""
+    import tensorflow as tf  # Only the CLI needs TensorFlow here.
+
+    from hnc_jax import input_pipeline, transforms
+
+    mean, std = transforms.normalization(config.dataset)
+    out = []
+    for path in paths:
+        if not tf.io.gfile.exists(path):
+            raise FileNotFoundError(f"image file not found: {path}")
+        data = tf.io.read_file(path)
+        if config.image_size <= input_pipeline.SMALL_IMAGE:
+            image = transforms.decode_small(data, config.image_size)
+        else:
+            key = tf.zeros([2], tf.int64)
+            image, _ = transforms.decode_crop_resize(data, tf.zeros([4]), config.image_size,
+                                                     False, key)  # fmt: skip
+        out.append(transforms.normalize(image, mean, std, tf.float32).numpy())
+    return np.stack(out)
+
+
+def restore_predictor(config: Any, workdir: str) -> tuple[Any, Any]:
+    """(dataset info, `apply_fn(images) -> (logits, cams)` as numpy) for the latest
+    checkpoint of `workdir`; one process. Raises ValueError when there is no checkpoint."""
+    # Imported here: the trainer imports TensorFlow, and its metrics module imports this one.
+    from hnc_jax import checkpoints, metrics, train, trainer
+
+    manager = None
+    if os.path.isdir(checkpoints.checkpoint_dir(workdir)):
+        manager = checkpoints.create_manager(workdir, config.keep_checkpoints, read_only=True)
+    if manager is None or manager.latest_step() is None:
+        raise ValueError(f"no checkpoint in {checkpoints.checkpoint_dir(workdir)}")
+    job = trainer.setup(config)
+    step = manager.latest_step()
+    state = checkpoints.restore(manager, step, job.state)
+    manager.close()
+    predict = metrics.make_predict(job.model, job.mesh)
+
+    def apply_fn(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        sharded = train.shard_batch(job.mesh, {"image": np.asarray(images)})["image"]
+        return jax.device_get(predict(state, sharded))
+
+    return job.info, apply_fn
+
+
+def render_from_workdir(
+    config: Any, workdir: str, images: Sequence[str] | None, num_eval: int, out: str, k: int = 3
+) -> str:
+    """Renders `overlay_figure` for the latest checkpoint of `workdir` to the PNG `out`:
+    for the image files `images` (no labels: the top-1 class stands in for the true one), or
+    else for the first `num_eval` eval images (with their labels and boxes)."""
+    from hnc_jax import input_pipeline
+
+    if not images and num_eval <= 0:
+        raise ValueError(f"give image files or num_eval > 0, got num_eval={num_eval}")
+    info, apply_fn = restore_predictor(config, workdir)
+    k = min(k, info.num_classes - 1)
+    if images:
+        pixels = load_images(images, config)
+        logits, cams = apply_fn(pixels)
+        return render_overlays(pixels, cams, logits, None, info.class_names, k, out)
+    parts: dict[str, list[np.ndarray]] = {"image": [], "label": [], "box": []}
+    for batch in input_pipeline.eval_iterator(config):
+        keep = np.asarray(batch["mask"], bool)
+        for key in parts:
+            if key in batch:
+                parts[key].append(batch[key][keep])
+        if sum(len(p) for p in parts["image"]) >= num_eval:
+            break
+    pixels = np.concatenate(parts["image"])[:num_eval]
+    logits, cams = apply_fn(pixels)
+    labels = None if info.multi_label else np.concatenate(parts["label"])[:num_eval]
+    boxes = np.concatenate(parts["box"])[:num_eval] if parts["box"] else None
+    return render_overlays(pixels, cams, logits, labels, info.class_names, k, out, boxes)
