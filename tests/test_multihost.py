@@ -6,6 +6,7 @@ import socket
 import jax
 import numpy as np
 import optax
+import pytest
 
 from hnc_jax import trainer
 from tests.test_main import TINY, run_main
@@ -33,6 +34,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process(tmp_path):
     import os
     import subprocess

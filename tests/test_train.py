@@ -230,6 +230,7 @@ MULTI_DEVICE_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_eight_devices_match_one_device_reference():
     env = dict(os.environ, JAX_NUM_CPU_DEVICES="8", PYTHONPATH=str(ROOT))
     result = subprocess.run(

@@ -52,6 +52,7 @@ def crash(batch):
     raise KeyboardInterrupt("killed")
 
 
+@pytest.mark.slow
 def test_resume_after_crash_and_sigterm_is_bit_identical(tmp_path, monkeypatch):
     config = digits_config()
     result = trainer.train_and_evaluate(config, str(tmp_path / "a"))
