@@ -4,8 +4,9 @@ Command (from the repository root; needs no download, builds the dataset in seco
 
     python main.py --workdir=workdir/default
 
-Expected: see README "Figures" (>= 90% test top-1 in under 5 minutes on 2 CPU cores,
-compilation included). Every other config starts from this one (`get_config()`), so it also
+Hardware: 2 CPU cores. Expected (measured, README "Figures"): 95.5% test top-1 after 176
+steps, 87 s wall clock with compilation from an empty cache (+ about 9 s to build the dataset
+the first time). Every other config starts from this one (`get_config()`), so it also
 documents every field and its default.
 """
 
