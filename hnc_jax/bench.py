@@ -121,10 +121,6 @@ def bench_startup(args: argparse.Namespace) -> dict:
     """Cold and warm start-up, unrolled and scanned, each in a fresh process."""
     results = {}
     layouts = args.layouts.split(",")
-    if not layouts or not set(layouts) <= {"unrolled", "scan"}:
-        raise SystemExit(
-            f"--layouts must be a comma-separated subset of unrolled,scan, got {args.layouts}"
-        )
     for scan in [layout == "scan" for layout in layouts]:
         with tempfile.TemporaryDirectory() as cache:
             for phase in ("cold", "warm"):
@@ -202,6 +198,8 @@ def main(argv: list[str] | None = None) -> None:
 
     train.enable_compilation_cache(os.environ.get("JAX_COMPILATION_CACHE_DIR"))
     if args.command == "startup":
+        if not args.layouts or not set(args.layouts.split(",")) <= {"unrolled", "scan"}:
+            parser.error("--layouts must be a comma-separated subset of unrolled,scan")
         result = bench_startup(args)
     else:
         if not set(args.variants.split(",")) <= set(LABELS):

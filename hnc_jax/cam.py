@@ -174,11 +174,10 @@ def negative_cam_hits(
     `peak_on_clutter` (fraction of those k maxima whose cell centre is outside the box)."""
     _check_cams(cams)
     cams = np.asarray(cams, np.float32)
-    batch, height, width, num_classes = cams.shape
+    batch, height, width, _ = cams.shape
     labels = np.asarray(labels)
     _check_int_labels(labels, batch)
-    negatives = ~np.asarray(losses.positive_mask(jnp.asarray(labels), num_classes))
-    out = {"num_posi": np.sum((cams > 0) & negatives[:, None, None, :], axis=(1, 2, 3))}
+    out = {"num_posi": np.asarray(losses.num_positive_negative_pixels_per_image(cams, labels))}
     idx, _ = losses.select_hard_negatives(jnp.asarray(cams.sum(axis=(1, 2))), labels, k)
     maps = np.take_along_axis(cams, np.asarray(idx)[:, None, None, :], -1).reshape(batch, -1, k)
     out["neg_peak"] = maps.max(axis=1).mean(axis=1)

@@ -252,7 +252,7 @@ def merge_pretrained(
                 f"file, {value.shape} in the model"
             )
         else:
-            merged[key] = jnp.asarray(loaded[key], value.dtype)
+            merged[key] = np.asarray(loaded[key], value.dtype)
     if new_head:
         logging.info(
             "%s has %d classes, the model %d: head re-initialised, the rest loaded",

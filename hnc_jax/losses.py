@@ -217,15 +217,17 @@ def cross_entropy(logits: Array, labels: Array, label_smoothing: float = 0.0) ->
     return jnp.mean(optax.softmax_cross_entropy(logits, targets))
 
 
-def num_positive_negative_pixels(cams: Array, labels: Array) -> Array:
-    """The original's "num_posi": pixels with M > 0 in all negative CAMs, per image.
-
-    cams: (B, H, W, C); returns the mean over the batch, float32 scalar.
-    """
+def num_positive_negative_pixels_per_image(cams: Array, labels: Array) -> Array:
+    """(B,) float32: pixels with M > 0 in all negative CAMs of each image (cams (B, H, W, C))."""
     _check_rank4(cams)
     _check_labels(labels, cams.shape[0], cams.shape[-1])
     negatives = ~positive_mask(labels, cams.shape[-1])[:, None, None, :]
-    return jnp.mean(jnp.sum((cams > 0) & negatives, axis=(1, 2, 3)).astype(jnp.float32))
+    return jnp.sum((cams > 0) & negatives, axis=(1, 2, 3)).astype(jnp.float32)
+
+
+def num_positive_negative_pixels(cams: Array, labels: Array) -> Array:
+    """The original's "num_posi": the batch mean of `num_positive_negative_pixels_per_image`."""
+    return jnp.mean(num_positive_negative_pixels_per_image(cams, labels))
 
 
 def correct_top_k(logits: Array, labels: Array, k: int = 1) -> Array:

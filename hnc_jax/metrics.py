@@ -39,7 +39,7 @@ def make_eval_step(
             "loss": one(losses.cross_entropy, logits, labels),
             "top1": losses.correct_top_k(logits, labels, 1),
             "top5": losses.correct_top_k(logits, labels, min(5, logits.shape[-1])),
-            "num_posi": one(losses.num_positive_negative_pixels, cams, labels),
+            "num_posi": losses.num_positive_negative_pixels_per_image(cams, labels),
         }
         sums = {key: jnp.sum(value * mask) for key, value in per_example.items()}
         return jax.lax.psum(sums, "data")

@@ -310,15 +310,13 @@ def test_num_posi_counts_positive_pixels_of_negative_maps():
     rng = np.random.default_rng(9)
     cams = make_cams(rng, (3, 3, 3, 5))
     labels = np.array([0, 1, 4], np.int32)
-    want = np.mean(
-        [
-            sum(
-                cams[b, h, w, c] > 0 for h in range(3) for w in range(3) for c in range(5) if c != y
-            )
-            for b, y in enumerate(labels)
-        ]
-    )
-    np.testing.assert_allclose(losses.num_positive_negative_pixels(cams, labels), want)
+    want = [
+        sum(cams[b, h, w, c] > 0 for h in range(3) for w in range(3) for c in range(5) if c != y)
+        for b, y in enumerate(labels)
+    ]
+    got = losses.num_positive_negative_pixels_per_image(cams, labels)
+    np.testing.assert_allclose(got, want)
+    np.testing.assert_allclose(losses.num_positive_negative_pixels(cams, labels), np.mean(want))
 
 
 def test_correct_top_k():
