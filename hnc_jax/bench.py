@@ -21,7 +21,6 @@ import tempfile
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 LABELS = {"none": "ce", "mse": "+hnc_mse", "kd": "+hnc_kd"}
@@ -55,11 +54,10 @@ def _build(args: argparse.Namespace, loss: str):
     jax.block_until_ready(state)
     init_s = time.perf_counter() - start
     rng = np.random.default_rng(0)
-    dtype = jnp.bfloat16 if args.bf16 else np.float32
     batch = train.shard_batch(
         mesh,
         {
-            "image": rng.normal(size=(args.batch_size, *shape)).astype(dtype),
+            "image": rng.integers(0, 256, (args.batch_size, *shape), np.uint8),  # As the pipeline.
             "label": rng.integers(0, args.num_classes, args.batch_size).astype(np.int32),
         },
     )

@@ -3,7 +3,7 @@ and overlays in the layout of the paper's figure 1.
 
 Shapes: cams (B, h, w, C) as the model returns them (6x6 for 48x48 digits with the small stem,
 7x7 at 224x224 with the ImageNet stem); logits (B, C); labels (B,) int class ids; images
-(B, S, S, 3) as the input pipeline gives them (normalised); boxes (B, 4) float
+(B, S, S, 3) as the input pipeline gives them (uint8 pixels or normalised); boxes (B, 4) float
 [ymin, xmin, ymax, xmax] in [0, 1], pixel edges divided by the side (the pipeline's convention).
 
 Metrics are numpy (connected components need scipy); the model call is JAX.
@@ -353,13 +353,13 @@ def figure_to_array(fig: Figure) -> np.ndarray:
 
 
 def load_images(paths: Sequence[str], config: Any) -> np.ndarray:
-    """Image files -> (N, S, S, 3) float32, preprocessed as the eval pipeline does: whole and
-    resized for small-image datasets (side `config.image_size` <= 64), else central crop."""
+    """Image files -> (N, S, S, 3) batches as the eval pipeline makes them (`config.image_dtype`):
+    whole and resized for small-image datasets (side `config.image_size` <= 64), else the
+    central crop."""
     import tensorflow as tf  # Only the CLI needs TensorFlow here.
 
     from hnc_jax import input_pipeline, transforms
 
-    mean, std = transforms.normalization(config.dataset)
     out = []
     for path in paths:
         if not tf.io.gfile.exists(path):
@@ -371,7 +371,7 @@ def load_images(paths: Sequence[str], config: Any) -> np.ndarray:
             key = tf.zeros([2], tf.int64)
             image, _ = transforms.decode_crop_resize(data, tf.zeros([4]), config.image_size,
                                                      False, key)  # fmt: skip
-        out.append(transforms.normalize(image, mean, std, tf.float32).numpy())
+        out.append(transforms.finish(image, config.image_dtype, config.dataset).numpy())
     return np.stack(out)
 
 

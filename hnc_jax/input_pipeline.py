@@ -8,7 +8,9 @@ embedded 'cluttered_digits', or 'image_folder' (`<config.image_folder>/<split>/<
 Images of a fixed shape of at most `SMALL_IMAGE` pixels (CIFAR, digits) are decoded whole and
 augmented by pad-and-crop; others get the ImageNet recipe: fused JPEG decode + random-resized
 crop (train) or the central 224/256 crop (eval), resized to `config.image_size`. Boxes
-(a top-level `bbox` feature) follow every crop and flip.
+(a top-level `bbox` feature) follow every crop and flip. Batches hold uint8 pixels, which the
+model normalises on the device (`config.image_dtype='uint8'`, the default and the fastest),
+or images normalised here ('float32', 'bfloat16').
 
 Determinism: epoch e of process p reads its own even part of the split, with file order and
 a shuffle buffer seeded by (seed, p, e); example i of that epoch is augmented with stateless
@@ -81,6 +83,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
             ) from None
     if config.image_size <= 0:
         raise ValueError(f"image_size must be positive, got {config.image_size}")
+    if config.image_dtype not in transforms.IMAGE_DTYPES:
+        raise ValueError(
+            f"unknown image_dtype {config.image_dtype!r}; allowed: "
+            + ", ".join(transforms.IMAGE_DTYPES)
+        )
     devices = jax.device_count()
     for field in ("batch_size", "eval_batch_size"):
         size = config[field]
@@ -262,8 +269,6 @@ def _records(
 def _preprocess(config, source: _Source, train: bool):
     """Returns fn(record, key) -> {'image' (S, S, 3), 'label', ['box' (4,)]}."""
     size, aug = config.image_size, config.augment
-    mean, std = transforms.normalization(config.dataset)
-    dtype = tf.bfloat16 if config.half_precision else tf.float32
 
     def fn(record, key):
         crop_key, flip_key = tf.unstack(tf.random.experimental.stateless_split(key, 2))
@@ -278,7 +283,7 @@ def _preprocess(config, source: _Source, train: bool):
             )
         if train and aug.flip:
             image, box = transforms.flip(image, box, flip_key)
-        image = transforms.normalize(image, mean, std, dtype)
+        image = transforms.finish(image, config.image_dtype, config.dataset)
         label = record["label"]
         out = {
             "image": image,
@@ -312,7 +317,8 @@ def train_iterator(
 ) -> Iterator[dict[str, np.ndarray]]:
     """Infinite stream of this process's part of each global train batch, from `start_step`.
 
-    Yields {'image': (B_local, S, S, 3) float32/bfloat16, 'label': (B_local,) int32 or
+    Yields {'image': (B_local, S, S, 3) `config.image_dtype` (uint8 pixels, or normalised
+    float32/bfloat16), 'label': (B_local,) int32 or
     (B_local, C) float32, ['box': (B_local, 4) float32]}, B_local = batch_size / processes.
     """
     validate(config)

@@ -29,19 +29,20 @@ def make_eval_step(
     def per_device(state, batch):
         variables = {"params": state.params, "batch_stats": state.batch_stats}
         logits, cams = model.apply(variables, batch["image"], train=False)
-        labels, mask = batch["label"], batch["mask"].astype(jnp.float32)
+        labels, mask = batch["label"], batch["mask"]
 
         def one(fn, *args):  # Per-example values of a batch-mean function.
             return jax.vmap(lambda *xs: fn(*(x[None] for x in xs)))(*args)
 
         per_example = {
-            "count": jnp.ones_like(mask),
+            "count": jnp.ones(mask.shape, jnp.float32),
             "loss": one(losses.cross_entropy, logits, labels),
             "top1": losses.correct_top_k(logits, labels, 1),
             "top5": losses.correct_top_k(logits, labels, min(5, logits.shape[-1])),
             "num_posi": losses.num_positive_negative_pixels_per_image(cams, labels),
         }
-        sums = {key: jnp.sum(value * mask) for key, value in per_example.items()}
+        # `where`, not `* mask`: a non-finite value on a padding example must not leak in.
+        sums = {key: jnp.sum(jnp.where(mask, value, 0.0)) for key, value in per_example.items()}
         return jax.lax.psum(sums, "data")
 
     keys = ("image", "label", "mask")

@@ -2,7 +2,8 @@
 
 `model.apply(variables, images, train=...)` returns `(logits, cams)`:
 
-- images: (B, H, W, 3), NHWC.
+- images: (B, H, W, 3), NHWC: normalised floats, or raw [0, 255] pixels (e.g. uint8) when
+  the model has `input_normalization` (it then normalises them itself, on the device).
 - logits: (B, C) float32, `mean_hw(F) @ W + b` for the last stage's output F.
 - cams: (B, H', W', C), `F[b, h, w] @ W + b` at every position (the bias is included,
   so `cams.mean(axis=(1, 2)) == logits` up to float rounding). 7x7 at 224x224 with the
@@ -113,6 +114,8 @@ class ResNet(nn.Module):
         or None for per-device statistics.
       scan_blocks: run each stage's identical stride-1 blocks with `nn.scan`: compiles
         faster on deep nets, but XLA:CPU runs scanned convs much slower (see README).
+      input_normalization: (mean, std) per RGB channel: the input is raw [0, 255] pixels,
+        mapped to (x / 255 - mean) / std in float32 first. None: the input is normalised.
     """
 
     stage_sizes: Sequence[int]
@@ -123,6 +126,7 @@ class ResNet(nn.Module):
     dtype: Any = jnp.float32
     bn_axis_name: str | None = None
     scan_blocks: bool = False
+    input_normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
     @nn.compact
     def __call__(
@@ -139,6 +143,10 @@ class ResNet(nn.Module):
             use_fast_variance=False,  # E[(x - mean)^2]: E[x^2] - mean^2 cancels badly.
         )
         base = max(1, round(64 * self.width))
+        if self.input_normalization is not None:
+            mean, std = (jnp.asarray(v, jnp.float32) for v in self.input_normalization)
+            # The host pipeline's multiply-add, so both places give the same floats.
+            x = jnp.asarray(x, jnp.float32) * (1.0 / (255.0 * std)) - mean / std
         x = jnp.asarray(x, self.dtype)
         if self.stem == "imagenet":
             x = conv(base, (7, 7), (2, 2), padding=_pad(7), name="stem_conv")(x)

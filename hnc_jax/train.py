@@ -32,7 +32,7 @@ from etils import epath
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from hnc_jax import input_pipeline, losses, models
+from hnc_jax import input_pipeline, losses, models, transforms
 
 HNC_CHOICES = ("mse", "kd", "none")
 SCHEDULES = ("step", "cosine")
@@ -119,7 +119,9 @@ def make_mesh() -> Mesh:
 
 
 def create_model(config: ml_collections.ConfigDict, num_classes: int) -> models.ResNet:
-    """The configured ResNet (sync BN over the 'data' axis when `config.sync_batch_norm`)."""
+    """The configured ResNet (sync BN over the 'data' axis when `config.sync_batch_norm`);
+    with uint8 batches (`config.image_dtype`) it normalises them with the dataset's stats."""
+    raw = config.image_dtype == "uint8"
     return models.create_model(
         config.model,
         num_classes=num_classes,
@@ -128,6 +130,7 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int) -> models.
         dtype=jnp.bfloat16 if config.half_precision else jnp.float32,
         bn_axis_name="data" if config.sync_batch_norm else None,
         scan_blocks=config.scan_blocks,
+        input_normalization=transforms.normalization(config.dataset) if raw else None,
     )
 
 
@@ -193,7 +196,7 @@ def create_train_state(
     """Initial state, replicated over `mesh`; `image_shape` is (S, S, 3)."""
 
     def init():
-        dummy = jnp.zeros((1, *image_shape), jnp.bfloat16 if config.half_precision else jnp.float32)
+        dummy = jnp.zeros((1, *image_shape), config.image_dtype)
         # Initialise without the BN axis (no collective outside shard_map); same shapes.
         variables = model.clone(bn_axis_name=None).init(rng, dummy, train=False)
         params = variables["params"]

@@ -1,5 +1,10 @@
 """Per-example image transforms (TensorFlow, inside tf.data): decode, crop, flip, normalise.
 
+Images stay uint8 pixels from decode to batch, as in a PIL pipeline (whose resize also
+outputs uint8): a quarter of float32's bytes to flip, batch and copy to the device, where
+the model normalises them (`ResNet.input_normalization`). `normalize` does it on the host
+instead, for float batches.
+
 Boxes are (4,) float32 [ymin, xmin, ymax, xmax] in [0, 1] of the image they belong to and are
 mapped through every crop and flip. Random ops are stateless, keyed by a (2,) int seed.
 """
@@ -8,6 +13,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+IMAGE_DTYPES = ("uint8", "float32", "bfloat16")  # Batches: raw pixels, or normalised.
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 # Per-dataset channel statistics of the train split; anything else uses ImageNet's.
 STATS = {
@@ -59,7 +65,7 @@ def crop_box(box: tf.Tensor, window: tf.Tensor, shape: tf.Tensor) -> tf.Tensor:
 def decode_crop_resize(
     data: tf.Tensor, box: tf.Tensor, size: int, random: bool, key: tf.Tensor
 ) -> tuple[tf.Tensor, tf.Tensor]:
-    """Encoded image -> (size, size, 3) float32 in [0, 255] and its box.
+    """Encoded image -> (size, size, 3) uint8 and its box.
 
     JPEGs only decode the crop window (fused `decode_and_crop_jpeg`); other formats are
     decoded whole, then cropped. The window is random-resized (`random`) or central.
@@ -80,20 +86,24 @@ def decode_crop_resize(
         return tf.slice(image, [win[0], win[1], 0], [win[2], win[3], 3]), win, shape
 
     image, win, shape = tf.cond(tf.io.is_jpeg(data), jpeg, other)
-    image = tf.image.resize(image, [size, size], method="bilinear")
+    image = _round_to_uint8(tf.image.resize(image, [size, size], method="bilinear"))
     return tf.ensure_shape(image, [size, size, 3]), crop_box(box, win, shape)
 
 
+def _round_to_uint8(image: tf.Tensor) -> tf.Tensor:
+    # Bilinear weights are convex, so values stay in [0, 255]: no clipping needed.
+    return tf.cast(image + 0.5, tf.uint8)
+
+
 def decode_small(data: tf.Tensor, size: int) -> tf.Tensor:
-    """Encoded small image -> (size, size, 3) float32 in [0, 255] (grey replicated to RGB,
-    resized only when its side differs from `size`)."""
+    """Encoded small image -> (size, size, 3) uint8 (grey replicated to RGB, resized only
+    when its side differs from `size`)."""
     image = tf.io.decode_image(data, expand_animations=False)
     image = tf.cond(
         tf.shape(image)[-1] == 1, lambda: tf.image.grayscale_to_rgb(image), lambda: image[..., :3]
     )
-    image = tf.cast(image, tf.float32)
     if image.shape[0] != size:  # Static: fixed-shape datasets only come here.
-        image = tf.image.resize(image, [size, size], method="bilinear")
+        image = _round_to_uint8(tf.image.resize(image, [size, size], method="bilinear"))
     return tf.ensure_shape(image, [size, size, 3])
 
 
@@ -121,7 +131,16 @@ def flip(image: tf.Tensor, box: tf.Tensor, key: tf.Tensor) -> tuple[tf.Tensor, t
 
 
 def normalize(image: tf.Tensor, mean, std, dtype: tf.DType) -> tf.Tensor:
-    """[0, 255] -> (x / 255 - mean) / std, cast to `dtype`."""
+    """uint8 pixels -> (x / 255 - mean) / std, cast to `dtype`."""
     scale = 1.0 / (255.0 * tf.constant(std, tf.float32))
     shift = -tf.constant(mean, tf.float32) / tf.constant(std, tf.float32)
-    return tf.cast(image * scale + shift, dtype)  # Multiply-add: cheaper than a division.
+    # Multiply-add: cheaper than a division.
+    return tf.cast(tf.cast(image, tf.float32) * scale + shift, dtype)
+
+
+def finish(image: tf.Tensor, image_dtype: str, dataset: str) -> tf.Tensor:
+    """uint8 pixels -> the batches' image: as they are ('uint8'), or normalised with
+    `dataset`'s statistics and cast ('float32', 'bfloat16')."""
+    if image_dtype == "uint8":
+        return image
+    return normalize(image, *normalization(dataset), tf.dtypes.as_dtype(image_dtype))

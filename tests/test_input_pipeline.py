@@ -27,7 +27,7 @@ def make_config(**overrides) -> ml_collections.ConfigDict:
             batch_size=32,
             eval_batch_size=100,
             seed=0,
-            half_precision=False,
+            image_dtype="uint8",
             augment=dict(random_resized_crop=False, flip=False, crop_padding=0),
         )
     )
@@ -46,16 +46,19 @@ def _take(iterator, n):
     return list(itertools.islice(iterator, n))
 
 
-def test_digits_batches_are_normalised_raw_images(digits_dir):
+def test_digits_batches_are_raw_images(digits_dir):
     config = make_config(data_dir=digits_dir)
     raw = tfds.as_numpy(tfds.builder("cluttered_digits", data_dir=digits_dir).as_dataset("train"))
     raw = {ex["image"].tobytes(): ex for ex in raw}
     batch = next(ip.train_iterator(config))
-    assert batch["image"].shape == (32, 48, 48, 3) and batch["image"].dtype == np.float32
+    assert batch["image"].shape == (32, 48, 48, 3) and batch["image"].dtype == np.uint8
     assert batch["label"].dtype == np.int32 and batch["box"].shape == (32, 4)
+    # Host normalisation ('float32') is (pixels / 255 - mean) / std of the same batch.
+    normalised = next(ip.train_iterator(make_config(data_dir=digits_dir, image_dtype="float32")))
     mean, std = transforms.STATS["cluttered_digits"]
-    pixels = np.round((batch["image"] * np.array(std) + np.array(mean)) * 255).astype(np.uint8)
-    for image, label, box in zip(pixels, batch["label"], batch["box"], strict=True):
+    want = (batch["image"].astype(np.float64) / 255 - np.array(mean)) / np.array(std)
+    np.testing.assert_allclose(normalised["image"], want, rtol=1e-6, atol=1e-6)
+    for image, label, box in zip(batch["image"], batch["label"], batch["box"], strict=True):
         ex = raw[image.tobytes()]  # Every batch image is a dataset image, unchanged.
         assert ex["label"] == label
         np.testing.assert_allclose(ex["bbox"], box)
@@ -136,6 +139,8 @@ def test_validate_rejects_bad_configs():
     bad = jax.device_count() + 1 if jax.device_count() > 1 else 0
     with pytest.raises(ValueError, match="batch_size"):
         ip.validate(make_config(batch_size=bad))
+    with pytest.raises(ValueError, match="unknown image_dtype 'float16'; allowed: uint8, "):
+        ip.validate(make_config(image_dtype="float16"))
     with pytest.raises(ValueError, match="image_folder"):
         ip.validate(make_config(dataset="image_folder", image_folder="/does/not/exist"))
 
@@ -157,10 +162,15 @@ def test_missing_imagenet_names_dataset_dir_and_command(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "name,size,eval_split,half,labels",
-    [("imagenet2012", 64, "validation", True, (4,)), ("cifar100", 32, "test", False, (4,))],
+    "name,size,eval_split,image_dtype,labels",
+    [
+        ("imagenet2012", 64, "validation", "bfloat16", (4,)),
+        ("cifar100", 32, "test", "uint8", (4,)),
+    ],
 )
-def test_mocked_tfds_shapes_and_dtypes(tmp_path, monkeypatch, name, size, eval_split, half, labels):
+def test_mocked_tfds_shapes_and_dtypes(
+    tmp_path, monkeypatch, name, size, eval_split, image_dtype, labels
+):
     # mock_data fakes the records but not `is_prepared`, which guards manual datasets.
     monkeypatch.setattr(tfds.core.DatasetBuilder, "is_prepared", lambda self: True)
     config = make_config(
@@ -170,14 +180,14 @@ def test_mocked_tfds_shapes_and_dtypes(tmp_path, monkeypatch, name, size, eval_s
         batch_size=4,
         eval_batch_size=4,
         eval_split=eval_split,
-        half_precision=half,
+        image_dtype=image_dtype,
         augment=dict(random_resized_crop=True, flip=True, crop_padding=4),
     )
     with tfds.testing.mock_data(num_examples=6):
         info = ip.get_info(config)
         train = next(ip.train_iterator(config))
         evals = list(ip.eval_iterator(config))
-    dtype = jax.numpy.bfloat16 if half else np.float32
+    dtype = jax.numpy.dtype(image_dtype)
     assert train["image"].shape == (4, size, size, 3) and train["image"].dtype == dtype
     assert train["label"].shape == labels
     assert train["label"].dtype == (np.float32 if info.multi_label else np.int32)
@@ -232,7 +242,8 @@ def _write_folder(root):
     (root / "train" / "red" / "notes.txt").write_text("not an image")
 
 
-def test_image_folder(tmp_path):
+@pytest.mark.parametrize("image_dtype", ["uint8", "float32"])
+def test_image_folder(tmp_path, image_dtype):
     _write_folder(tmp_path)
     config = make_config(
         dataset="image_folder",
@@ -242,15 +253,20 @@ def test_image_folder(tmp_path):
         batch_size=2,
         eval_batch_size=4,
         augment=dict(random_resized_crop=True, flip=True, crop_padding=0),
+        image_dtype=image_dtype,
     )
     info = ip.get_info(config)
     assert (info.class_names, info.num_train, info.num_eval) == (["blue", "red"], 6, 4)
+    want = {0: np.array([0, 0, 255]), 1: np.array([255, 0, 0])}  # JPEG: within a few levels.
     mean, std = np.array(transforms.IMAGENET_MEAN), np.array(transforms.IMAGENET_STD)
-    want = {0: (np.array([0, 0, 1]) - mean) / std, 1: (np.array([1, 0, 0]) - mean) / std}
     for batch in _take(ip.train_iterator(config), 6):  # Two epochs.
         assert batch["image"].shape == (2, 32, 32, 3)
-        for image, label in zip(batch["image"], batch["label"], strict=True):
-            np.testing.assert_allclose(image[16, 16], want[int(label)], atol=0.05)
+        assert batch["image"].dtype == np.dtype(image_dtype)
+        pixels = batch["image"][:, 16, 16].astype(np.float64)
+        if image_dtype == "float32":  # Undo the host normalisation.
+            pixels = (pixels * std + mean) * 255
+        for pixel, label in zip(pixels, batch["label"], strict=True):
+            np.testing.assert_allclose(pixel, want[int(label)], atol=3)
     (batch,) = list(ip.eval_iterator(config))
     assert batch["mask"].all() and sorted(batch["label"]) == [0, 0, 1, 1]
 

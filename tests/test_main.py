@@ -66,6 +66,11 @@ def test_default_config_trains_then_evaluates_its_best_checkpoint(tmp_path):
         (["--config.hnc.weight=-1"], 1, "error: hnc.weight must be >= 0, got -1"),
         (["--config.init_from=/no/r50.pth"], 1, "error: init_from '/no/r50.pth' does not exist"),
         ([], 3, "error: batch_size=128 must be a positive multiple of the 3 devices"),
+        (
+            ["--config=configs/imagenet_resnet50_hnc_mse.py", "--config.data_dir=/no/tfds"],
+            1,
+            "error: dataset imagenet2012 is not prepared in /no/tfds/imagenet2012/",
+        ),
     ],
 )
 def test_bad_config_is_one_line_and_writes_nothing(tmp_path, args, devices, message):

@@ -56,6 +56,22 @@ def test_logits_are_mean_of_cams(name, stem, size, cam_size):
     assert np.all(np.asarray(features) >= 0)  # after the last ReLU
 
 
+def test_input_normalization_of_raw_pixels():
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    plain = models.ResNet18(num_classes=4, width=0.125, stem="small")
+    raw = plain.clone(input_normalization=(mean, std))
+    pixels = np.random.default_rng(0).integers(0, 256, (2, 16, 16, 3), np.uint8)
+    normalised = ((pixels / 255.0 - np.array(mean)) / np.array(std)).astype(np.float32)
+    variables = plain.init(jax.random.key(0), normalised)
+    assert jax.tree.map(jnp.shape, raw.init(jax.random.key(0), pixels)) == jax.tree.map(
+        jnp.shape, variables
+    )
+    for train in (False, True):
+        (want, _), _ = plain.apply(variables, normalised, train=train, mutable=["batch_stats"])
+        (got, _), _ = raw.apply(variables, pixels, train=train, mutable=["batch_stats"])
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
 def test_bfloat16_compute_keeps_float32_params():
     model = models.ResNet18(num_classes=4, width=0.125, stem="small", dtype=jnp.bfloat16)
     x = jnp.ones((2, 16, 16, 3))

@@ -7,25 +7,46 @@ import jax
 import numpy as np
 import optax
 import pytest
+from PIL import Image
 
 from hnc_jax import trainer
 from tests.test_main import TINY, run_main
 from tests.test_train import tiny_config
 from tests.test_trainer import final_params
 
-# The whole (tiny) split in every global batch, no augmentation and synchronised BatchNorm:
-# the loss is then invariant to how examples are split over processes and devices.
-SETUP = [
-    *TINY,
-    "--config.train_split=train[:64]",
-    "--config.batch_size=64",
-    "--config.eval_split=test[:16]",
-    "--config.eval_batch_size=16",
-    "--config.augment.crop_padding=0",
-    "--config.sync_batch_norm=True",
-    "--config.num_train_steps=3",
-    "--config.optimizer.learning_rate=0.02",
-]
+
+def _noise_folder(root) -> None:
+    """Two classes of random-noise PNGs: 64 train, 16 test. Noise, not the digits: on the
+    digits' black canvases thousands of positions share one pre-activation, so a rounding
+    difference flips many ReLUs at once and runs on 1, 2 or 4 devices drift apart by a few
+    percent within 3 steps; on noise they agree to ~2e-6."""
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 32), ("test", 8)):
+        for name in ("a", "b"):
+            (root / split / name).mkdir(parents=True)
+            for i in range(count):
+                pixels = rng.integers(0, 256, (20, 20, 3), np.uint8)
+                Image.fromarray(pixels).save(root / split / name / f"{i}.png")
+
+
+def _setup(folder) -> tuple[list[str], object]:
+    """Flags and config: the whole split in every global batch, no augmentation and
+    synchronised BatchNorm, so the loss does not depend on how examples are split over
+    processes and devices."""
+    fields = dict(
+        dataset="image_folder",
+        image_folder=str(folder),
+        image_size=16,
+        train_split="train",
+        eval_split="test",
+        batch_size=64,
+        eval_batch_size=16,
+        sync_batch_norm=True,
+        num_train_steps=3,
+        **{"augment.random_resized_crop": False, "optimizer.learning_rate": 0.02, "hnc.k": 1},
+    )
+    flags = [*TINY, *(f"--config.{key}={value}" for key, value in fields.items())]
+    return flags, tiny_config(**fields)
 
 
 def _free_port() -> int:
@@ -42,6 +63,8 @@ def test_two_processes_match_one_process(tmp_path):
 
     from tests.test_main import ROOT
 
+    _noise_folder(tmp_path / "noise")
+    flags, config = _setup(tmp_path / "noise")
     port = _free_port()
     env = dict(os.environ, JAX_NUM_CPU_DEVICES="2")
     procs = [
@@ -50,7 +73,7 @@ def test_two_processes_match_one_process(tmp_path):
                 sys.executable,
                 str(ROOT / "main.py"),
                 f"--workdir={tmp_path / 'multi'}",
-                *SETUP,
+                *flags,
                 f"--coordinator_address=127.0.0.1:{port}",
                 "--num_processes=2",
                 f"--process_id={i}",
@@ -66,26 +89,18 @@ def test_two_processes_match_one_process(tmp_path):
     outputs = [p.communicate(timeout=600) for p in procs]
     for p, (_, err) in zip(procs, outputs, strict=True):
         assert p.returncode == 0, err[-3000:]
-    single = run_main(f"--workdir={tmp_path / 'single'}", *SETUP, devices=4)
+    single = run_main(f"--workdir={tmp_path / 'single'}", *flags, devices=4)
     assert single.returncode == 0, single.stderr[-3000:]
-    config = tiny_config(
-        train_split="train[:64]",
-        batch_size=64,
-        eval_batch_size=16,
-        eval_split="test[:16]",
-        sync_batch_norm=True,
-    )
     step_m, multi = final_params(config, tmp_path / "multi")
     step_s, one = final_params(config, tmp_path / "single")
     assert step_m == step_s == 3
-    # The runs agree to float rounding. Rounding is amplified here (a BN-normalised stem over
-    # mostly-black canvases: its weight gradient is a small difference of large sums), so the
-    # check is relative to how far training moved the parameters: a wrong gradient scale,
-    # batch or BN grouping moves them differently by tens of percent.
+    # Equal up to float rounding (the collectives sum in another order), measured relative
+    # to how far training moved the parameters: a wrong gradient scale, batch or BN grouping
+    # moves them differently by tens of percent.
     init = jax.device_get(trainer.setup(config).state.params)
     moved = optax.global_norm(jax.tree.map(np.subtract, one, init))
     apart = optax.global_norm(jax.tree.map(np.subtract, multi, one))
-    assert float(apart) < 0.01 * float(moved), (float(apart), float(moved))
+    assert float(moved) > 0.1 and float(apart) < 1e-4 * float(moved), (apart, moved)
     # Only process 0 prints the summary (its last stdout line; gloo prints connection lines).
     summaries = [[line for line in out.splitlines() if "eval/top1=" in line] for out, _ in outputs]
     assert len(summaries[0]) == 1 and not summaries[1]

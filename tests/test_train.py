@@ -40,7 +40,7 @@ def tiny_config(**overrides):
 def make_batch(n=8, size=16, classes=10, seed=0):
     rng = np.random.default_rng(seed)
     return {
-        "image": rng.normal(size=(n, size, size, 3)).astype(np.float32),
+        "image": rng.integers(0, 256, (n, size, size, 3), np.uint8),  # As the pipeline.
         "label": rng.integers(0, classes, n).astype(np.int32),
     }
 

@@ -82,6 +82,7 @@ def test_resume_after_crash_and_sigterm_is_bit_identical(tmp_path, monkeypatch):
 
 def test_non_finite_loss_stops_with_its_step(tmp_path, monkeypatch):
     config = digits_config()
+    config.image_dtype = "float32"  # Normalised on the host, so a NaN image can be fed.
     interrupt_at(monkeypatch, 2, lambda b: {**b, "image": np.full_like(b["image"], np.nan)})
     with pytest.raises(FloatingPointError, match="at step 3; the last good checkpoint is step 2"):
         trainer.train_and_evaluate(config, str(tmp_path))
@@ -104,9 +105,15 @@ def test_imagenet_config_trains_a_step_on_mock_data(tmp_path, monkeypatch):
             data_dir=str(tmp_path / "tfds"),
         )
     )
+    # At init a ResNet-50's gradient norm on a batch of 4 noise images is ~2,000 (torch's
+    # too): the recipe's lr of 0.1 would blow the weights up in this one step.
+    config.optimizer.learning_rate = 1e-5
     with tfds.testing.mock_data(num_examples=8):
         result = trainer.train_and_evaluate(config, str(tmp_path / "work"))
-    assert 0.0 <= result["eval/top5"] <= 1.0 and np.isfinite(result["eval/loss"])
+    assert 0.0 <= result["eval/top5"] <= 1.0
+    # Running BN statistics barely moved in one step, so not ln(1000) = 6.9, but no blow-up
+    # (lr 0.1 gave 3e28 or NaN).
+    assert 3.0 < result["eval/loss"] < 100.0
 
 
 def test_init_from_another_run_loads_its_weights_only(tmp_path):
