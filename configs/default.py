@@ -4,10 +4,10 @@ Command (from the repository root; needs no download, builds the dataset in seco
 
     python main.py --workdir=workdir/default
 
-Hardware: 2 CPU cores. Expected (measured, README "Figures"): 95.5% test top-1 after 176
-steps, 87 s wall clock with compilation from an empty cache (+ about 9 s to build the dataset
-the first time). Every other config starts from this one (`get_config()`), so it also
-documents every field and its default.
+Hardware: 2 CPU cores. Expected (measured, README "Figures"): 98.6% test top-1 after 352
+steps, 147 s wall clock with compilation from an empty cache (+ about 9 s to build the dataset
+the first time); seeds 1 and 2 gave 98.7% and 97.5%. Every other config starts from this
+one (`get_config()`), so it also documents every field and its default.
 """
 
 import ml_collections
@@ -39,7 +39,7 @@ def get_config() -> ml_collections.ConfigDict:
     )
     config.batch_size = 128  # Global.
     config.eval_batch_size = 360
-    config.num_epochs = 4
+    config.num_epochs = 8  # 4 gave 72.7-92.2% over seeds 0-2; 8 gives 97.5-98.7%.
     config.num_train_steps = -1  # -1: num_epochs * steps per epoch.
     config.seed = 0
     # Loss.
