@@ -8,7 +8,7 @@ Writes ImageNet-like JPEGs (500x375, quality 90), then alternates rounds of
        resize + flip + float normalise (ToTensor + Normalize), in a Python loop;
 and reports the median images per CPU-second (process time, i.e. per core) of each. A round
 makes `--repeats` passes over the JPEGs through one tf.data iterator, as an epoch does: with
-one pass of 128 images, building the iterator alone cost about 30 us per image. The last
+one pass of 128 images, building the iterator alone cost about 20 us per image. The last
 line printed is a JSON object.  Usage: python -m hnc_jax.bench input [--images N] ...
 """
 
