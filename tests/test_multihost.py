@@ -1,7 +1,10 @@
 """Two processes with two CPU devices each (gloo collectives over loopback) train like one
 process with four devices."""
 
+import os
 import socket
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -10,7 +13,7 @@ import pytest
 from PIL import Image
 
 from hnc_jax import trainer
-from tests.test_main import TINY, run_main
+from tests.test_main import ROOT, TINY, run_main
 from tests.test_train import tiny_config
 from tests.test_trainer import final_params
 
@@ -57,12 +60,6 @@ def _free_port() -> int:
 
 @pytest.mark.slow
 def test_two_processes_match_one_process(tmp_path):
-    import os
-    import subprocess
-    import sys
-
-    from tests.test_main import ROOT
-
     _noise_folder(tmp_path / "noise")
     flags, config = _setup(tmp_path / "noise")
     port = _free_port()
