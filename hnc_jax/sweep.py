@@ -53,14 +53,14 @@ def run_config(
 
 def train_and_measure(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Trains (or resumes) one run, then `cam.evaluate_cams` of its final checkpoint."""
-    from hnc_jax import cam, input_pipeline, trainer  # TensorFlow: only when running.
+    from hnc_jax import cam, inference, input_pipeline, trainer  # TensorFlow: when running.
 
     tic = time.time()
     trainer.train_and_evaluate(config, workdir)
     seconds = time.time() - tic
-    _, apply_fn = cam.restore_predictor(config, workdir)
-    k = config.hnc.k
-    result = cam.evaluate_cams(apply_fn, input_pipeline.eval_iterator(config), k=k)
+    restored = inference.restore(config, workdir)
+    batches = input_pipeline.eval_iterator(restored.job.dataset, config)
+    result = cam.evaluate_cams(restored.predict, batches, k=config.hnc.k)
     return {**result, "train_seconds": seconds}
 
 

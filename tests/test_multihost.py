@@ -12,7 +12,7 @@ import optax
 import pytest
 from PIL import Image
 
-from hnc_jax import trainer
+from hnc_jax import job
 from tests.test_main import ROOT, TINY, run_main
 from tests.test_train import tiny_config
 from tests.test_trainer import final_params
@@ -94,7 +94,7 @@ def test_two_processes_match_one_process(tmp_path):
     # Equal up to float rounding (the collectives sum in another order), measured relative
     # to how far training moved the parameters: a wrong gradient scale, batch or BN grouping
     # moves them differently by tens of percent.
-    init = jax.device_get(trainer.setup(config).state.params)
+    init = jax.device_get(job.build(config).state.params)
     moved = optax.global_norm(jax.tree.map(np.subtract, one, init))
     apart = optax.global_norm(jax.tree.map(np.subtract, multi, one))
     assert float(moved) > 0.1 and float(apart) < 1e-4 * float(moved), (apart, moved)

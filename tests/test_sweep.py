@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from configs import default
-from hnc_jax import cam, sweep
+from hnc_jax import inference, sweep
 
 
 def _run(loss, seed, value):
@@ -63,11 +63,11 @@ def test_tiny_sweep_writes_its_table(tmp_path):
     config.batch_size, config.eval_batch_size = 16, 32
     config.eval_split = "test[:32]"
     workdir = str(tmp_path / "runs" / "mse_seed0")
-    path = cam.render_from_workdir(config, workdir, None, 3, str(tmp_path / "eval.png"))
+    path = inference.render_cams(config, workdir, None, 3, str(tmp_path / "eval.png"))
     assert Image.open(path).size == (5 * 160, 3 * 160)
     Image.fromarray(np.full((48, 48), 200, np.uint8)).save(tmp_path / "a.png")
     files = [str(tmp_path / "a.png")] * 2
-    path = cam.render_from_workdir(config, workdir, files, 0, str(tmp_path / "files.png"))
+    path = inference.render_cams(config, workdir, files, 0, str(tmp_path / "files.png"))
     assert Image.open(path).size == (5 * 160, 2 * 160)
     with pytest.raises(ValueError, match="no checkpoint"):
-        cam.render_from_workdir(config, str(tmp_path / "empty"), None, 2, str(tmp_path / "x.png"))
+        inference.render_cams(config, str(tmp_path / "empty"), None, 2, str(tmp_path / "x.png"))

@@ -15,7 +15,7 @@ import optax
 import pytest
 
 from configs import default
-from hnc_jax import losses, metrics, train
+from hnc_jax import evaluation, job, losses, train
 
 ROOT = Path(__file__).resolve().parents[1]
 # Shared by the test runs on this machine: the second run compiles nothing.
@@ -70,15 +70,19 @@ def test_step_loss_matches_full_cam_reference(hnc_step):
     # Positive pixels of the negative CAMs, counted in numpy.
     negative = np.arange(10)[None, None, None, :] != batch["label"][:, None, None, None]
     num_posi = np.mean(np.sum((np.asarray(cams) > 0) & negative, axis=(1, 2, 3)))
-    log_state = jax.tree.map(jnp.copy, state).replace(step=jnp.int32(1))  # Step 2: a log step.
-    _, first = step(state, train.shard_batch(mesh, batch))  # Step 1: not a log step.
+    log_step = train.make_train_step(config, model, tx, train.make_schedule(config, 10), mesh,
+                                     with_num_posi=True)  # fmt: skip
+    log_state = jax.tree.map(jnp.copy, state)
+    _, first = step(state, train.shard_batch(mesh, batch))  # Not a log step: no num_posi.
     np.testing.assert_allclose(first["ce"], ce, rtol=1e-5)
     np.testing.assert_allclose(first["hnc"], hnc, rtol=1e-4)
     np.testing.assert_allclose(first["loss"], ce + config.hnc.weight * hnc, rtol=1e-5)
-    assert float(first["num_posi"]) == 0.0
-    _, second = step(log_state, train.shard_batch(mesh, batch))
-    np.testing.assert_allclose(second["num_posi"], num_posi, rtol=1e-6)
+    assert "num_posi" not in first
+    _, logged = log_step(log_state, train.shard_batch(mesh, batch))
+    np.testing.assert_allclose(logged["num_posi"], num_posi, rtol=1e-6)
     assert num_posi > 0
+    for key in first:  # Both variants train alike.
+        np.testing.assert_array_equal(first[key], logged[key])
 
 
 def _hard_negative_selections(hlo: str, k: int) -> int:
@@ -151,7 +155,12 @@ def test_eval_sums_ignore_padding(hnc_step):
     state = train.create_train_state(config, model, tx, jax.random.key(1), mesh, (16, 16, 3))
     batch = make_batch(n=8)
     batch["mask"] = np.array([True] * 5 + [False] * 3)
-    sums = metrics.make_eval_step(model, mesh)(state, train.shard_batch(mesh, batch))
+    eval_step = evaluation.make_eval_step(model, mesh)
+    sums = eval_step(state, train.shard_batch(mesh, batch), evaluation.zero_totals(mesh))
+    # Totals accumulate: the same batch again doubles every sum.
+    twice = eval_step(state, train.shard_batch(mesh, batch), jax.tree.map(jnp.copy, sums))
+    for key in sums:
+        np.testing.assert_allclose(twice[key], 2 * sums[key], rtol=1e-6)
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     logits, cams = model.apply(variables, batch["image"][:5])
     labels = batch["label"][:5]
@@ -176,7 +185,7 @@ def test_eval_sums_ignore_padding(hnc_step):
 )
 def test_validate_config_errors(overrides, message):
     with pytest.raises(ValueError, match=None) as error:
-        train.validate_config(tiny_config(**overrides))
+        job.check(tiny_config(**overrides))
     assert message in str(error.value) and "\n" not in str(error.value)
 
 
