@@ -143,6 +143,12 @@ def test_schedules():
     assert [float(schedule(s)) for s in (0, 9, 10, 19, 20)] == pytest.approx(
         [0.2, 0.2, 0.02, 0.02, 0.002]
     )
+    # With warm-up, the decay boundaries stay at absolute epochs (1 and 2: steps 10, 20).
+    warm_cfg = tiny_config(schedule="step", warmup_epochs=0.5, lr_decay_epochs=[1, 2])
+    _, schedule = train.make_optimizer(warm_cfg, epoch_steps=10)
+    assert [float(schedule(s)) for s in (0, 4, 5, 9, 10, 19, 20)] == pytest.approx(
+        [0.0, 0.16, 0.2, 0.2, 0.02, 0.02, 0.002]
+    )
     cos_cfg = tiny_config(num_train_steps=100, warmup_epochs=1.0)
     _, schedule = train.make_optimizer(cos_cfg, epoch_steps=10)
     assert float(schedule(5)) == pytest.approx(0.1)  # Half-way through the warm-up.
@@ -181,6 +187,10 @@ def test_eval_sums_ignore_padding(hnc_step):
         ({"hnc.weight": -0.1}, "hnc.weight must be >= 0"),
         ({"hnc.loss": "l1"}, "unknown hnc.loss 'l1'"),
         ({"schedule": "linear"}, "unknown schedule 'linear'"),
+        (
+            {"schedule": "step", "lr_decay_epochs": [0.2, 3]},
+            "lr_decay_epochs [0.2, 3] must all be after warmup_epochs=0.5",
+        ),
     ],
 )
 def test_validate_config_errors(overrides, message):
@@ -193,30 +203,38 @@ MULTI_DEVICE_SCRIPT = textwrap.dedent(
     """
     import jax, jax.numpy as jnp, numpy as np, optax
     from hnc_jax import losses, train
-    from tests.test_train import make_batch, tiny_config
+    from tests.test_train import make_batch, multi_hot_labels, tiny_config
 
     def reference(config, model, tx, state, batch, chunks):
-        # One device; the batch split into `chunks` BN groups; HNC from the full CAMs.
+        # One device, the whole batch: CE and HNC over all of it, HNC from the full CAMs;
+        # the forward pass in `chunks` BN groups (per-device BatchNorm statistics).
+        hnc_fn = losses.hnc_mse if config.hnc.loss == "mse" else losses.hnc_kd
         def loss_fn(params):
-            total, stats = 0.0, []
-            images, labels = jnp.split(batch["image"], chunks), jnp.split(batch["label"], chunks)
-            for img, lab in zip(images, labels):
-                (logits, cams), upd = model.apply(
-                    {"params": params, "batch_stats": state.batch_stats}, img, train=True,
+            outputs, stats = [], []
+            for images in jnp.split(batch["image"], chunks):
+                out, upd = model.apply(
+                    {"params": params, "batch_stats": state.batch_stats}, images, train=True,
                     mutable=["batch_stats"])
-                hnc = losses.hnc_mse(cams, lab, k=config.hnc.k)
-                total += (losses.cross_entropy(logits, lab) + config.hnc.weight * hnc) / chunks
+                outputs.append(out)
                 stats.append(upd["batch_stats"])
-            return total, jax.tree.map(lambda *s: sum(s) / chunks, *stats)
+            logits, cams = (jnp.concatenate(parts) for parts in zip(*outputs))
+            hnc = hnc_fn(cams, batch["label"], config.hnc.k)
+            loss = losses.cross_entropy(logits, batch["label"]) + config.hnc.weight * hnc
+            return loss, jax.tree.map(lambda *s: sum(s) / chunks, *stats)
         (_, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, _ = tx.update(grads, state.opt_state, state.params)
         return optax.apply_updates(state.params, updates), stats
 
 
-    batch = make_batch(n=16)
-    for sync, chunks in ((True, 1), (False, 8)):
+    single = make_batch(n=16)
+    multi = {**single, "label": multi_hot_labels()}
+    cases = [("per-device", False, "mse", single), ("sync", True, "mse", single),
+             ("multi-hot-mse", True, "mse", multi), ("multi-hot-kd", True, "kd", multi)]
+    for name, sync, loss, batch in cases:
         # No warm-up: the first step must move the parameters for the comparison to count.
-        config = tiny_config(sync_batch_norm=sync, warmup_epochs=0.0)
+        # HNC weight 1 and k 4: multi-hot images with 7+ positives have fewer valid maps.
+        config = tiny_config(sync_batch_norm=sync, warmup_epochs=0.0,
+                             **{"hnc.loss": loss, "hnc.weight": 1.0, "hnc.k": 4})
         mesh = train.make_mesh()
         assert mesh.size == 8
         model = train.create_model(config, 10)
@@ -224,8 +242,8 @@ MULTI_DEVICE_SCRIPT = textwrap.dedent(
         init = lambda: train.create_train_state(
             config, model, tx, jax.random.key(0), mesh, (16, 16, 3))
         ref_params, ref_stats = jax.jit(
-            lambda state, batch: reference(
-                config, model.clone(bn_axis_name=None), tx, state, batch, chunks))(init(), batch)
+            lambda state, batch: reference(config, model.clone(bn_axis_name=None), tx, state,
+                                           batch, 1 if sync else 8))(init(), batch)
         step = train.make_train_step(config, model, tx, schedule, mesh)
         new, _ = step(init(), train.shard_batch(mesh, batch))
         for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(ref_params)):
@@ -234,9 +252,21 @@ MULTI_DEVICE_SCRIPT = textwrap.dedent(
         assert sum(moved) > len(moved) // 2
         for a, b in zip(jax.tree.leaves(new.batch_stats), jax.tree.leaves(ref_stats)):
             np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6)
-        print("ok", "sync" if sync else "per-device")
+        print("ok", name)
     """
 )
+
+
+def multi_hot_labels() -> np.ndarray:
+    """(16, 10) multi-hot labels whose count of negatives differs over 8 devices of 2 images:
+    device 0 holds images with 9 and 8 positives (1 and 2 negatives, fewer than k=4), device 1
+    an image without any object, the rest 1 to 3 positives."""
+    rng = np.random.default_rng(3)
+    counts = [9, 8, 0, 2, 1, 3, 2, 1, 3, 1, 2, 2, 1, 3, 1, 2]
+    labels = np.zeros((16, 10), np.float32)
+    for row, count in enumerate(counts):
+        labels[row, rng.choice(10, count, replace=False)] = 1.0
+    return labels
 
 
 @pytest.mark.slow
@@ -251,4 +281,5 @@ def test_eight_devices_match_one_device_reference():
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.split() == ["ok", "sync", "ok", "per-device"]
+    names = ["per-device", "sync", "multi-hot-mse", "multi-hot-kd"]
+    assert result.stdout.split() == [word for name in names for word in ("ok", name)]
