@@ -167,8 +167,6 @@ def start() -> GcsEmulator:
         "CURL_CA_BUNDLE": f"{path}/ca.pem",
         "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator",
         "NO_GCE_CHECK": "true",
-        # Errors here are bugs, not a flaky network: fail in seconds, not minutes of backoff.
-        "GCS_RETRY_CONFIG_MAX_RETRIES": "2",
         "TENSORSTORE_GCS_HTTP_URL": url,
         "STORAGE_EMULATOR_HOST": url,
     }
