@@ -4,10 +4,8 @@ import json
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from configs import default
-from hnc_jax import inference, sweep
+from hnc_jax import sweep
 
 
 def _run(loss, seed, value):
@@ -57,17 +55,3 @@ def test_tiny_sweep_writes_its_table(tmp_path):
     # A finished run resumes from its checkpoint instead of retraining: same numbers.
     again = sweep.main([*args, "--losses=mse"])
     assert again[0]["top1"] == runs[1]["top1"] and again[0]["neg_peak"] == runs[1]["neg_peak"]
-
-    # What `main.py --mode=cam` runs, on the HNC-mse run: eval images, then image files.
-    config = default.get_config()
-    config.batch_size, config.eval_batch_size = 16, 32
-    config.eval_split = "test[:32]"
-    workdir = str(tmp_path / "runs" / "mse_seed0")
-    path = inference.render_cams(config, workdir, None, 3, str(tmp_path / "eval.png"))
-    assert Image.open(path).size == (5 * 160, 3 * 160)
-    Image.fromarray(np.full((48, 48), 200, np.uint8)).save(tmp_path / "a.png")
-    files = [str(tmp_path / "a.png")] * 2
-    path = inference.render_cams(config, workdir, files, 0, str(tmp_path / "files.png"))
-    assert Image.open(path).size == (5 * 160, 2 * 160)
-    with pytest.raises(ValueError, match="no checkpoint"):
-        inference.render_cams(config, str(tmp_path / "empty"), None, 2, str(tmp_path / "x.png"))

@@ -132,3 +132,24 @@ def test_init_from_another_run_loads_its_weights_only(tmp_path):
     assert result["eval/top1"] >= 0.0
     with pytest.raises(FileNotFoundError, match="no checkpoints directory at"):
         checkpoints.init_from(str(tmp_path / "none"), run.state, run.info.num_classes)
+
+
+def test_rates_exclude_evaluation_and_num_posi_is_the_log_steps():
+    clock = iter([0.0, 4.0, 10.0, 12.0]).__next__
+    watch = trainer.Stopwatch(clock)  # Starts at 0.
+    watch.pause()  # An evaluation from 4 ...
+    watch.resume()  # ... to 10: not training time.
+    assert watch.lap() == 6.0  # 4 s before the evaluation + 2 s after it.
+    window = [
+        {"loss": 1.0, "lr": 0.1, "grad_norm": 2.0},
+        {"loss": 3.0, "lr": 0.2, "grad_norm": 4.0, "num_posi": 7.0},
+    ]
+    summary = trainer.summarize(window, 8.0, batch_size=16)
+    assert summary == {
+        "train/loss": 2.0,
+        "train/grad_norm": 3.0,
+        "train/num_posi": 7.0,  # Only the log step computes it.
+        "train/lr": 0.2,
+        "train/steps_per_sec": 0.25,
+        "train/images_per_sec": 4.0,
+    }
