@@ -90,7 +90,7 @@ def test_resume_from_step_gives_the_same_batches(digits_dir):
     epochs = [[x.tobytes() for b in batches[i : i + 3] for x in b["image"]] for i in (0, 3)]
     assert len(set(epochs[0])) == 96 and set(epochs[0]) == set(epochs[1])
     assert epochs[0] != epochs[1]
-    # The same example is augmented afresh each epoch (keys fold in the epoch).
+    # Each example is augmented afresh in epoch 1 (its key, (seed, epoch, index), differs).
     augmented = [np.concatenate([b["image"] for b in full[i : i + 3]]) for i in (0, 3)]
     where = {x: i for i, x in enumerate(epochs[1])}
     pairs = zip(epochs[0], augmented[0], strict=True)
