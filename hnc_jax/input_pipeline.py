@@ -92,6 +92,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
             ) from None
     if config.image_size <= 0:
         raise ValueError(f"image_size must be positive, got {config.image_size}")
+    buffer = config.get("shuffle_buffer_size", SHUFFLE_BUFFER)
+    if buffer <= 0:
+        raise ValueError(f"shuffle_buffer_size must be positive, got {buffer}")
     if config.image_dtype not in transforms.IMAGE_DTYPES:
         raise ValueError(
             f"unknown image_dtype {config.image_dtype!r}; allowed: "

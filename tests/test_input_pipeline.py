@@ -271,6 +271,8 @@ def test_validate_rejects_bad_configs():
         ip.validate(make_config(dataset="no_such_set"))
     with pytest.raises(ValueError, match="unknown image_dtype 'float16'; allowed: uint8, "):
         ip.validate(make_config(image_dtype="float16"))
+    with pytest.raises(ValueError, match="shuffle_buffer_size must be positive, got 0"):
+        ip.validate(make_config(shuffle_buffer_size=0))
     with pytest.raises(ValueError, match="image_folder"):
         ip.validate(make_config(dataset="image_folder", image_folder="/does/not/exist"))
 
