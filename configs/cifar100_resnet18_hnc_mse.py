@@ -21,6 +21,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.augment = ml_collections.ConfigDict(
         dict(random_resized_crop=False, flip=True, crop_padding=4)
     )
+    config.shuffle_buffer_size = 50_000  # The whole train split, shuffled whole each epoch.
     config.batch_size = 128
     config.eval_batch_size = 500
     config.num_epochs = 200

@@ -1,4 +1,4 @@
-"""Benchmarks (never timed tests): `python -m hnc_jax.bench {step,startup,input} [flags]`.
+"""Benchmarks (never timed tests): `python -m hnc_jax.bench {step,startup,input,resume} [flags]`.
 
 step     the real train step (`train.make_train_step`), cross-entropy only vs +HNC-mse vs
          +HNC-kd, steps interleaved after warm-up, medians of repeats. Honours
@@ -7,6 +7,8 @@ startup  init / trace / compile of the +HNC-mse step and the step time, unrolled
          scanned blocks, each cold (empty compilation cache) and warm (a fresh process on
          the cache the cold one filled).
 input    the train input pipeline vs a PIL + RandomResizedCrop loop (`input_bench.py`).
+resume   records read to resume the train stream mid-epoch, and the epoch-boundary stall,
+         against a baseline commit's pipeline (`resume_bench.py`).
 
 Each prints a readable table and, as its last line, one JSON object.
 """
@@ -182,11 +184,17 @@ def main(argv: list[str] | None = None) -> None:
         if name == "startup":
             p.add_argument("--layouts", default="unrolled,scan", help="of unrolled,scan")
     sub.add_parser("input", add_help=False)
+    sub.add_parser("resume", add_help=False)
     args, rest = parser.parse_known_args(argv)
     if args.command == "input":
         from hnc_jax import input_bench
 
         input_bench.main(rest)
+        return
+    if args.command == "resume":
+        from hnc_jax import resume_bench
+
+        resume_bench.main(rest)
         return
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")

@@ -12,11 +12,13 @@ crop (train) or the central 224/256 crop (eval), resized to `config.image_size`.
 model normalises on the device (`config.image_dtype='uint8'`, the default and the fastest),
 or images normalised here ('float32', 'bfloat16').
 
-Determinism: epoch e of process p reads its own even part of the split, with file order and
-a shuffle buffer seeded by (seed, p, e); example i of that epoch is augmented with stateless
-ops keyed by (seed, p, e, i). Steps never straddle epochs (the remainder is dropped), so the
-batch at step s is a pure function of (seed, s) and a resumed run skips the first records of
-its epoch without decoding them.
+Determinism: epoch e of process p reads its own even part of the split in the order that
+`records.py` gives it, seeded by (seed, p, e) (a run resumed mid-epoch reads at most about
+one shuffle buffer and one file more than it yields), and example i of that epoch is
+augmented with stateless ops keyed by (seed, p, e, i). Steps never straddle epochs (the
+remainder is dropped), so the batch at step s is a pure function of (seed, s). Each epoch's
+pipeline is built and its buffer filled in the background while the last steps of the epoch
+before are consumed, so that the fill does not stall training at the epoch boundary.
 
 Use: `num_classes(config)` (metadata only, for config checks), then `dataset = load(config)`
 once per run, passed to `train_iterator(dataset, config, start_step)` and
@@ -25,7 +27,9 @@ once per run, passed to `train_iterator(dataset, config, start_step)` and
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
+import itertools
 import math
 from collections.abc import Iterator
 
@@ -36,10 +40,10 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from hnc_jax import datasets as _datasets  # noqa: F401  (registers cluttered_digits)
-from hnc_jax import transforms
+from hnc_jax import records, transforms
 
 SMALL_IMAGE = 64
-SHUFFLE_BUFFER = 16_384  # Records (still encoded); override with config.shuffle_buffer_size.
+SHUFFLE_BUFFER = 16_384  # Encoded records shuffled together (records.py); config may override.
 MANUAL_FILES = {"imagenet2012": "ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar"}
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 
@@ -88,29 +92,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
             ) from None
     if config.image_size <= 0:
         raise ValueError(f"image_size must be positive, got {config.image_size}")
+    buffer = config.get("shuffle_buffer_size", SHUFFLE_BUFFER)
+    if buffer <= 0:
+        raise ValueError(f"shuffle_buffer_size must be positive, got {buffer}")
     if config.image_dtype not in transforms.IMAGE_DTYPES:
         raise ValueError(
             f"unknown image_dtype {config.image_dtype!r}; allowed: "
             + ", ".join(transforms.IMAGE_DTYPES)
         )
-
-
-def process_split(
-    split: str, process_index: int, process_count: int, drop_remainder: bool
-) -> tfds.typing.SplitArg:
-    """This process's even part of a TFDS split (parts are disjoint and cover the split,
-    less up to `process_count - 1` examples when `drop_remainder`)."""
-    return tfds.even_splits(split, process_count, drop_remainder=drop_remainder)[process_index]
-
-
-def shard_bounds(
-    n: int, process_index: int, process_count: int, drop_remainder: bool
-) -> tuple[int, int]:
-    """[start, end) of this process's even part of n indexed examples (image folders)."""
-    if drop_remainder:
-        size = n // process_count
-        return process_index * size, (process_index + 1) * size
-    return n * process_index // process_count, n * (process_index + 1) // process_count
 
 
 def _missing_message(builder: tfds.core.DatasetBuilder) -> str:
@@ -151,15 +140,6 @@ def _label_spec(features: tfds.features.FeaturesDict) -> tuple[str, tfds.feature
     raise ValueError(
         f"dataset has no 'label', 'labels' or 'objects/label' class-label feature: {keys}"
     )
-
-
-def _num_examples(builder: tfds.core.DatasetBuilder, split: tfds.typing.SplitArg) -> int:
-    try:
-        return builder.info.splits[split].num_examples
-    except KeyError:  # Split sizes unknown (e.g. under tfds.testing.mock_data): count.
-        ds = builder.as_dataset(split=split, decoders={"image": tfds.decode.SkipDecoding()})
-        n = int(ds.cardinality())
-        return n if n >= 0 else int(ds.reduce(0, lambda count, _: count + 1))
 
 
 def _folder_classes(config: ml_collections.ConfigDict) -> list[str]:
@@ -207,8 +187,8 @@ def load(config: ml_collections.ConfigDict) -> Dataset:
     info = DatasetInfo(
         name=config.dataset,
         num_classes=label.num_classes,
-        num_train=_num_examples(builder, config.train_split),
-        num_eval=_num_examples(builder, config.eval_split),
+        num_train=records.num_examples(builder, config.train_split),
+        num_eval=records.num_examples(builder, config.eval_split),
         multi_label=label_key != "label",
         class_names=list(label.names),
         has_boxes="bbox" in features.keys()
@@ -225,57 +205,6 @@ def num_classes(config: ml_collections.ConfigDict) -> int:
     if config.dataset == "image_folder":
         return len(_folder_classes(config))
     return _label_spec(_builder(config).info.features)[1].num_classes
-
-
-def _records(
-    dataset: Dataset, split: str, drop_remainder: bool, seed: int | None, buffer: int
-) -> tuple[tf.data.Dataset, int]:
-    """This process's records {'image': encoded bytes, 'label', ['bbox']} and their count;
-    shuffled (files and a `buffer`, or a full permutation for folders) when `seed` is set."""
-    index, count = jax.process_index(), jax.process_count()
-    if dataset.files is not None:
-        paths, labels = dataset.files[split]
-        start, end = shard_bounds(len(paths), index, count, drop_remainder)
-        order = np.arange(start, end)
-        if seed is not None:
-            order = np.random.default_rng(seed).permutation(order)
-        ds = tf.data.Dataset.from_tensor_slices(
-            {
-                "image": np.array(paths, dtype=object)[order].astype(str),
-                "label": np.array(labels, np.int64)[order],
-            }
-        )
-        return ds.map(lambda r: {**r, "image": tf.io.read_file(r["image"])}), len(order)
-    builder = dataset.builder
-    part = process_split(split, index, count, drop_remainder)
-    read_config = tfds.ReadConfig(shuffle_seed=seed, try_autocache=False)
-    ds = builder.as_dataset(
-        split=part,
-        shuffle_files=seed is not None,
-        read_config=read_config,
-        decoders={"image": tfds.decode.SkipDecoding()},
-    )
-    num_classes, key = dataset.info.num_classes, dataset.label_key
-
-    def select(ex):
-        out = {"image": ex["image"]}
-        if dataset.info.multi_label:
-            labels = ex[key.split("/")[0]][key.split("/")[1]] if "/" in key else ex[key]
-            # A sum, not a max: an image without objects has an all-zero row (the max over
-            # no rows is -inf).
-            out["label"] = tf.minimum(tf.reduce_sum(tf.one_hot(labels, num_classes), 0), 1.0)
-            out["label"] = tf.ensure_shape(out["label"], [num_classes])
-        else:
-            out["label"] = ex[key]
-        if dataset.info.has_boxes:
-            out["bbox"] = ex["bbox"]
-        return out
-
-    n = _num_examples(builder, part)
-    ds = ds.map(select)
-    if seed is not None:
-        ds = ds.shuffle(min(buffer, n), seed=seed, reshuffle_each_iteration=False)
-    return ds, n
 
 
 def _preprocess(config, dataset: Dataset, train: bool):
@@ -319,11 +248,6 @@ def _local_batch(config: ml_collections.ConfigDict, field: str) -> int:
     return config[field] // jax.process_count()
 
 
-def epoch_seed(seed: int, epoch: int) -> int:
-    """Python int seed of one process's epoch: file order and shuffle buffer."""
-    return int(np.random.SeedSequence([seed, jax.process_index(), epoch]).generate_state(1)[0])
-
-
 def train_iterator(
     dataset: Dataset, config: ml_collections.ConfigDict, start_step: int = 0
 ) -> Iterator[dict[str, np.ndarray]]:
@@ -335,26 +259,49 @@ def train_iterator(
     """
     batch = _local_batch(config, "batch_size")
     buffer = config.get("shuffle_buffer_size", SHUFFLE_BUFFER)
-    _, n = _records(dataset, config.train_split, True, None, buffer)
+    n = records.part_size(dataset, config.train_split, True)
     steps_per_epoch = n // batch
     if steps_per_epoch == 0:
         raise ValueError(
             f"batch_size={config.batch_size} exceeds the {n} train examples of each process"
         )
-    epoch, offset = divmod(start_step, steps_per_epoch)
     preprocess = _preprocess(config, dataset, train=True)
-    while True:
-        seed = epoch_seed(config.seed, epoch)
-        records, _ = _records(dataset, config.train_split, True, seed, buffer)
-        ds = records.take(steps_per_epoch * batch).enumerate().skip(offset * batch)
+
+    def epoch_batches(epoch: int, offset: int) -> Iterator[dict[str, np.ndarray]]:
+        """Batches `offset`, `offset` + 1, ... of `epoch`, the first one already made."""
+        seed = records.epoch_seed(config.seed, epoch)
+        stream, first = records.read(
+            dataset, config.train_split, True, seed, buffer, offset * batch
+        )
+        ds = stream.take(steps_per_epoch * batch - first).enumerate(first)
         key = tf.constant([config.seed, seed], tf.int64)
-        ds = ds.map(
-            lambda i, r, key=key: preprocess(r, tf.random.experimental.stateless_fold_in(key, i)),
+        ds = ds.skip(offset * batch - first).map(
+            lambda i, r: preprocess(r, tf.random.experimental.stateless_fold_in(key, i)),
             num_parallel_calls=tf.data.AUTOTUNE,
         )
         ds = ds.batch(batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
-        yield from ds.with_options(_options()).as_numpy_iterator()
-        epoch, offset = epoch + 1, 0
+        batches = ds.with_options(_options()).as_numpy_iterator()
+        return itertools.chain([next(batches)], batches)
+
+    # The next epoch is built and its buffer filled in the background while the last `lead`
+    # steps of this one are consumed: two buffers' worth of records, time to read the last
+    # block of this epoch and the first of the next one whenever the blocks within an epoch
+    # are read in time (each is read while the one before is consumed).
+    lead = math.ceil(2 * min(buffer, n) / batch)
+    epoch, offset = divmod(start_step, steps_per_epoch)
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    upcoming = pool.submit(epoch_batches, epoch, offset)
+    try:
+        while True:
+            batches = upcoming.result()
+            for step in range(offset, steps_per_epoch):
+                if step == max(offset, steps_per_epoch - lead):
+                    upcoming = pool.submit(epoch_batches, epoch + 1, 0)
+                yield next(batches)
+            epoch, offset = epoch + 1, 0
+    finally:  # Closed early: an epoch not started yet never starts.
+        upcoming.cancel()
+        pool.shutdown(wait=False)
 
 
 def num_eval_steps(config: ml_collections.ConfigDict, num_eval: int) -> int:
@@ -373,10 +320,10 @@ def eval_iterator(
     yields the same number of batches and every eval example is unmasked exactly once.
     """
     batch = _local_batch(config, "eval_batch_size")
-    records, _ = _records(dataset, config.eval_split, False, None, 0)
+    stream, _ = records.read(dataset, config.eval_split, False, None, 0)
     preprocess = _preprocess(config, dataset, train=False)
     key = tf.zeros([2], tf.int64)  # Unused by the deterministic eval transform.
-    ds = records.map(
+    ds = stream.map(
         lambda r: {**preprocess(r, key), "mask": True}, num_parallel_calls=tf.data.AUTOTUNE
     )
     padding = tf.nest.map_structure(lambda s: tf.zeros(s.shape, s.dtype), ds.element_spec)

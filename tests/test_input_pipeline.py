@@ -1,7 +1,9 @@
 """Input pipeline: shapes and dtypes, image folders, boxes, multi-process splits, eval padding,
 resume, and error messages."""
 
+import hashlib
 import itertools
+import time
 
 import jax
 import ml_collections
@@ -10,9 +12,12 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 from PIL import Image
+from tensorflow_datasets.core.utils import shard_utils
 
-from hnc_jax import image_stats, transforms
+from hnc_jax import image_stats, records, resume_bench, transforms
 from hnc_jax import input_pipeline as ip
+
+DIGITS_STREAM_SHA256 = "e00e8a67f8d74d311c306b209a890c8ef33f90ac1d696a9f7893f9c3fa590e90"
 
 
 def make_config(**overrides) -> ml_collections.ConfigDict:
@@ -69,18 +74,44 @@ def test_resume_from_step_gives_the_same_batches(digits_dir):
     # 3 steps per epoch, so the streams cross epoch boundaries; augmentation on.
     config = make_config(
         data_dir=digits_dir,
-        train_split="train[:100]",
+        train_split="train[:96]",
         augment=dict(random_resized_crop=False, flip=True, crop_padding=4),
     )
     full = _take(ip.train_iterator(ip.load(config), config), 8)
-    resumed = _take(ip.train_iterator(ip.load(config), config, start_step=5), 3)
-    for a, b in zip(full[5:], resumed, strict=True):
-        for key in ("image", "label", "box"):
-            np.testing.assert_array_equal(a[key], b[key])
-    # Each epoch is a different order of the same 96 examples; augmentation differs too.
-    epochs = [np.concatenate([b["label"] for b in full[i : i + 3]]) for i in (0, 3)]
-    assert sorted(epochs[0]) != list(epochs[0]) or (epochs[0] != epochs[1]).any()
-    assert not np.array_equal(full[0]["image"], full[3]["image"])
+    for start in (2, 3, 5):
+        resumed = _take(ip.train_iterator(ip.load(config), config, start_step=start), 3)
+        for a, b in zip(full[start : start + 3], resumed, strict=True):
+            for key in ("image", "label", "box"):
+                np.testing.assert_array_equal(a[key], b[key])
+    # Each epoch is a new order of the same 96 examples, told apart by their canvases in an
+    # unaugmented stream (augmentation does not change the order).
+    plain = make_config(data_dir=digits_dir, train_split="train[:96]")
+    batches = _take(ip.train_iterator(ip.load(plain), plain), 6)
+    epochs = [[x.tobytes() for b in batches[i : i + 3] for x in b["image"]] for i in (0, 3)]
+    assert len(set(epochs[0])) == 96 and set(epochs[0]) == set(epochs[1])
+    assert epochs[0] != epochs[1]
+    # Each example is augmented afresh in epoch 1 (its key, (seed, epoch, index), differs).
+    augmented = [np.concatenate([b["image"] for b in full[i : i + 3]]) for i in (0, 3)]
+    where = {x: i for i, x in enumerate(epochs[1])}
+    pairs = zip(epochs[0], augmented[0], strict=True)
+    assert np.mean([not np.array_equal(a, augmented[1][where[x]]) for x, a in pairs]) > 0.9
+
+
+def test_digits_stream_is_unchanged(digits_dir):
+    # A study and the README's default-run figures depend on this stream: these batches'
+    # digest was computed with the pipeline of commit 61eac04 (before the resumable order
+    # for parts larger than the shuffle buffer), across the boundary of epochs 0 and 1.
+    config = make_config(
+        data_dir=digits_dir, augment=dict(random_resized_crop=False, flip=True, crop_padding=4)
+    )
+    dataset = ip.load(config)
+    batches = _take(ip.train_iterator(dataset, config), 2)
+    batches += _take(ip.train_iterator(dataset, config, start_step=178), 2)
+    digest = hashlib.sha256()
+    for batch in batches:
+        for key in sorted(batch):
+            digest.update(batch[key].tobytes())
+    assert digest.hexdigest() == DIGITS_STREAM_SHA256
 
 
 @pytest.mark.parametrize("count", [1, 3, 4])
@@ -92,7 +123,7 @@ def test_process_splits_are_disjoint_and_cover(digits_dir, count):
 
     everything = images("test")
     for drop in (False, True):
-        parts = [images(ip.process_split("test", i, count, drop)) for i in range(count)]
+        parts = [images(records.process_split("test", i, count, drop)) for i in range(count)]
         merged = sum(parts, [])
         assert len(set(merged)) == len(merged)  # Disjoint (all 718 canvases differ).
         sizes = {len(p) for p in parts}
@@ -105,11 +136,112 @@ def test_process_splits_are_disjoint_and_cover(digits_dir, count):
 
 def test_shard_bounds_cover_evenly():
     for n, count in [(10, 3), (7, 7), (5, 8), (100, 4)]:
-        bounds = [ip.shard_bounds(n, i, count, False) for i in range(count)]
+        bounds = [records.shard_bounds(n, i, count, False) for i in range(count)]
         assert bounds[0][0] == 0 and bounds[-1][1] == n
         assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:], strict=False))
-        dropped = [ip.shard_bounds(n, i, count, True) for i in range(count)]
+        dropped = [records.shard_bounds(n, i, count, True) for i in range(count)]
         assert len({e - s for s, e in dropped}) == 1 and dropped[-1][1] <= n
+
+
+def _expand(files) -> list[tuple[str, int]]:
+    """(file, record index in the file) of every record `files` read, in order."""
+    return [(f.filename, i) for f in files for i in range(f.skip, f.skip + f.take)]
+
+
+def test_epoch_files_start_at_any_record():
+    sizes = [(5, 13), (0, 7), (0, 1), (0, 9), (0, 4)]  # (skip, take): a part starts mid-file.
+    files = [
+        shard_utils.FileInstruction(f"f{i}", skip, take, skip + take + 2)
+        for i, (skip, take) in enumerate(sizes)
+    ]
+    whole = records.epoch_files(files, seed=7, start=0)
+    order = [f.filename for f in whole]
+    assert sorted(order) == [f.filename for f in files] and whole == [
+        next(f for f in files if f.filename == name) for name in order
+    ]
+    assert order != [f.filename for f in records.epoch_files(files, seed=8, start=0)]
+    expanded = _expand(whole)
+    for start in range(len(expanded) + 1):
+        resumed = records.epoch_files(files, seed=7, start=start)
+        assert _expand(resumed) == expanded[start:]
+        assert all(f.take > 0 for f in resumed)  # Files before `start` are not even opened.
+
+
+@pytest.fixture(scope="module")
+def numbered_dir(tmp_path_factory):
+    """NumberedImages/n2000 (example i holds i in its pixels) in 8 files of 250 records."""
+    data_dir = str(tmp_path_factory.mktemp("numbered"))
+    resume_bench.prepare("numbered_images/n2000", data_dir, files=8)
+    return data_dir
+
+
+def numbered_config(data_dir, augment=False, batch_size=16) -> ml_collections.ConfigDict:
+    # A buffer of 256 < 2,000 records: the resumable block order; 125 steps per epoch.
+    config = resume_bench.bench_config("numbered_images/n2000", data_dir, 256, batch_size)
+    config.augment.update(flip=augment, crop_padding=2 * augment)
+    return config
+
+
+def _ids(batches) -> np.ndarray:
+    return np.concatenate([resume_bench.identity(b["image"]) for b in batches])
+
+
+def test_large_part_epochs_are_new_permutations(numbered_dir):
+    config = numbered_config(numbered_dir)
+    stream = ip.train_iterator(ip.load(config), config)
+    epochs = [_take(stream, 125) for _ in range(2)]
+    for batches in epochs:
+        ids = _ids(batches)
+        assert sorted(ids) == list(range(2000))
+        labels = np.concatenate([b["label"] for b in batches])
+        np.testing.assert_array_equal(labels, ids % 10)  # Blocks permute whole records.
+    assert (_ids(epochs[0]) != _ids(epochs[1])).mean() > 0.9
+
+
+def _records_read_when_idle(dataset, config, start_step) -> int:
+    """Records read from the files to yield 2 batches from `start_step`, once the pipeline
+    has filled its read-ahead buffers and stopped reading."""
+    with resume_bench.count_records_read() as counter:
+        stream = ip.train_iterator(dataset, config, start_step)
+        _take(stream, 2)
+        counts = [-1]
+        while len(counts) < 4 or len(set(counts[-3:])) > 1:
+            time.sleep(0.3)
+            counts.append(int(counter.numpy()))
+        stream.close()
+        return counts[-1]
+
+
+def test_large_part_resumes_bit_identically_reading_one_block_and_one_file(numbered_dir):
+    config = numbered_config(numbered_dir, augment=True)
+    dataset = ip.load(config)
+    full = _take(ip.train_iterator(dataset, config), 130)  # Into epoch 1.
+    for start in (62, 124, 125, 128):
+        resumed = _take(ip.train_iterator(dataset, config, start), 2)
+        for a, b in zip(full[start : start + 2], resumed, strict=True):
+            for key in ("image", "label"):
+                np.testing.assert_array_equal(a[key], b[key])
+    # Step 62 starts at record 992 of the epoch, in block 3 (records 768-1023): the files
+    # before that block are not read, and at most one file (250) is read to skip into it.
+    fresh, resumed = (_records_read_when_idle(dataset, config, step) for step in (0, 62))
+    assert fresh >= 256  # A whole block is read before its first record is yielded.
+    assert resumed - fresh <= 250 + 256
+
+
+def test_large_part_processes_read_disjoint_parts(numbered_dir, monkeypatch):
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    config = numbered_config(numbered_dir, augment=True, batch_size=32)  # 62 steps of 16.
+    plain = numbered_config(numbered_dir, batch_size=32)
+    parts = []
+    for index in (0, 1):
+        monkeypatch.setattr(jax, "process_index", lambda index=index: index)
+        dataset = ip.load(config)
+        full = _take(ip.train_iterator(dataset, config), 33)
+        for a, b in zip(full[30:], _take(ip.train_iterator(dataset, config, 30), 3), strict=True):
+            np.testing.assert_array_equal(a["image"], b["image"])
+        parts.append(set(_ids(_take(ip.train_iterator(dataset, plain), 62))))
+        assert len(parts[-1]) == 992  # 1,000 records a process, less the remainder.
+    assert not parts[0] & parts[1]
 
 
 @pytest.mark.parametrize("processes", [1, 3])
@@ -139,6 +271,8 @@ def test_validate_rejects_bad_configs():
         ip.validate(make_config(dataset="no_such_set"))
     with pytest.raises(ValueError, match="unknown image_dtype 'float16'; allowed: uint8, "):
         ip.validate(make_config(image_dtype="float16"))
+    with pytest.raises(ValueError, match="shuffle_buffer_size must be positive, got 0"):
+        ip.validate(make_config(shuffle_buffer_size=0))
     with pytest.raises(ValueError, match="image_folder"):
         ip.validate(make_config(dataset="image_folder", image_folder="/does/not/exist"))
 
@@ -243,25 +377,33 @@ def _write_folder(root):
     (root / "train" / "red" / "notes.txt").write_text("not an image")
 
 
-@pytest.mark.parametrize("image_dtype", ["uint8", "float32"])
-def test_image_folder(tmp_path, image_dtype):
-    _write_folder(tmp_path)
-    config = make_config(
+def folder_config(root, **overrides) -> ml_collections.ConfigDict:
+    """Writes the two-class image folder under `root`; a config that reads it."""
+    _write_folder(root)
+    return make_config(
         dataset="image_folder",
-        image_folder=str(tmp_path),
+        image_folder=str(root),
         eval_split="val",
         image_size=32,
         batch_size=2,
         eval_batch_size=4,
-        augment=dict(random_resized_crop=True, flip=True, crop_padding=0),
-        image_dtype=image_dtype,
+        **overrides,
     )
+
+
+@pytest.mark.parametrize("image_dtype", ["uint8", "float32"])
+def test_image_folder(tmp_path, image_dtype):
+    augment = dict(random_resized_crop=True, flip=True, crop_padding=0)
+    config = folder_config(tmp_path, augment=augment, image_dtype=image_dtype)
     dataset = ip.load(config)
     info = dataset.info
     assert (info.class_names, info.num_train, info.num_eval) == (["blue", "red"], 6, 4)
     want = {0: np.array([0, 0, 255]), 1: np.array([255, 0, 0])}  # JPEG: within a few levels.
     mean, std = np.array(image_stats.IMAGENET_MEAN), np.array(image_stats.IMAGENET_STD)
-    for batch in _take(ip.train_iterator(dataset, config), 6):  # Two epochs.
+    batches = _take(ip.train_iterator(dataset, config), 6)  # Two epochs.
+    for a, b in zip(batches[4:], _take(ip.train_iterator(dataset, config, 4), 2), strict=True):
+        np.testing.assert_array_equal(a["image"], b["image"])  # Resumed: the same batches.
+    for batch in batches:
         assert batch["image"].shape == (2, 32, 32, 3)
         assert batch["image"].dtype == np.dtype(image_dtype)
         pixels = batch["image"][:, 16, 16].astype(np.float64)
@@ -271,6 +413,19 @@ def test_image_folder(tmp_path, image_dtype):
             np.testing.assert_allclose(pixel, want[int(label)], atol=3)
     (batch,) = list(ip.eval_iterator(dataset, config))
     assert batch["mask"].all() and sorted(batch["label"]) == [0, 0, 1, 1]
+
+
+def test_image_folder_is_listed_once_per_run(tmp_path, monkeypatch):
+    config = folder_config(tmp_path)
+    listed = []
+    listdir = tf.io.gfile.listdir
+    monkeypatch.setattr(tf.io.gfile, "listdir", lambda path: listed.append(path) or listdir(path))
+    dataset = ip.load(config)
+    assert len(listed) == 5  # train/, then the 2 class folders of train/ and of val/.
+    _take(ip.train_iterator(dataset, config, start_step=2), 4)  # Resumed, across epochs.
+    for _ in range(2):
+        assert sum(b["mask"].sum() for b in ip.eval_iterator(dataset, config)) == 4
+    assert len(listed) == 5
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
