@@ -80,11 +80,12 @@ def load_variables(path: str) -> dict:
 
 
 def init_from(path: str, state, num_classes: int):
-    """`state` with its params and BatchNorm statistics taken from `path`: a torchvision
-    `.pth`/`.pt` file or a workdir of this project. The head is re-initialised when the class
-    count differs; the optimizer state stays fresh. Same shardings as `state`."""
+    """`state` with its params and BatchNorm statistics taken from `path`: a torchvision or
+    timm weight file (`convert.WEIGHT_FILE_SUFFIXES`) or a workdir of this project. The head
+    is re-initialised when the class count differs; the optimizer state stays fresh. Same
+    shardings as `state`."""
     variables = {"params": state.params, "batch_stats": state.batch_stats}
-    if str(path).endswith((".pth", ".pt")):
+    if str(path).endswith(convert.WEIGHT_FILE_SUFFIXES):
         merged = convert.load_pretrained(path, variables, num_classes)
     else:
         imported = load_variables(path)
