@@ -328,18 +328,25 @@ def to_torchvision(variables: Variables, path: str | os.PathLike) -> str:
 
 def export_checkpoint(workdir: str, path: str, which: str = "latest") -> str:
     """Writes the 'latest' or 'best' checkpoint of a workdir of this project with
-    `to_torchvision` (on process 0) and returns the path."""
+    `to_torchvision` (on process 0) and returns the path. Any device count may have saved it
+    (a pod slice, exported on a laptop): it is restored onto one device."""
     from hnc_jax import checkpoints  # imports this module
 
     if which not in ("latest", "best"):
         raise ValueError(f"unknown checkpoint {which!r}; allowed: latest, best")
     weight_files.check_writable(path)
-    manager = checkpoints.create_manager(workdir, keep=1, read_only=True)
-    step = manager.latest_step() if which == "latest" else manager.best_step()
-    if step is None:
-        raise ValueError(f"no {which} checkpoint in {checkpoints.checkpoint_dir(workdir)}")
-    restored = manager.restore(step, args=ocp.args.StandardRestore())
-    manager.close()
+    with checkpoints.create_manager(workdir, keep=1, read_only=True) as manager:
+        step = manager.latest_step() if which == "latest" else manager.best_step()
+        if step is None:
+            raise ValueError(f"no {which} checkpoint in {checkpoints.checkpoint_dir(workdir)}")
+        directory = manager.directory / str(step) / "default"  # the manager's one item
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    with ocp.StandardCheckpointer() as checkpointer:
+        saved = checkpointer.metadata(directory).item_metadata
+        target = jax.tree.map(
+            lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), saved
+        )
+        restored = checkpointer.restore(directory, target)
     if jax.process_index() == 0:
         to_torchvision(restored, path)
     return path

@@ -6,8 +6,10 @@ statistics; nothing is downloaded. Tests that need torch are skipped without it.
 """
 
 import logging
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +21,7 @@ from configs import default
 from hnc_jax import checkpoints, convert, models, train
 
 TORCH_REASON = "torch is optional: pip install -r requirements-torch.txt"
+ROOT = Path(__file__).resolve().parents[1]
 ARCHS = {  # depth -> (blocks per layer, bottleneck)
     18: ((2, 2, 2, 2), False),
     34: ((3, 4, 6, 3), False),
@@ -376,7 +379,7 @@ for name, path in [("pth", {str(resnet18_pth)!r}), ("safetensors", {str(st_path)
     flat = traverse_util.flatten_dict(convert.from_torchvision(path), sep="/")
     np.savez({str(tmp_path)!r} + f"/{{name}}.npz", **flat)
 """
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     want = traverse_util.flatten_dict(convert.from_torchvision(resnet18.state_dict()), sep="/")
     for name in ("pth", "safetensors"):
@@ -389,9 +392,9 @@ for name, path in [("pth", {str(resnet18_pth)!r}), ("safetensors", {str(st_path)
 def test_timm_layout_safetensors_reproduces_torch(tmp_path):
     """A file as timm's hub files are written (`safetensors.torch.save_file` of the model's
     state_dict, metadata format 'pt')."""
+    model = torch_resnet(50, 12, seed=3)
     import safetensors.torch
 
-    model = torch_resnet(50, 12, seed=3)
     path = tmp_path / "model.safetensors"
     safetensors.torch.save_file(model.state_dict(), path, metadata={"format": "pt"})
     images = np.random.default_rng(3).normal(size=(2, 64, 64, 3)).astype(np.float32)
@@ -489,18 +492,34 @@ def test_export_refuses_bad_paths_and_models(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_main_exports_a_trained_workdir(tmp_path):
-    """main.py --mode=export on a tiny trained workdir (narrow, small stem): the file holds the
-    checkpoint exactly and a torch model of the same width and stem reproduces it."""
+    """main.py --mode=export on a tiny trained workdir (narrow, small stem; trained on 2
+    devices, exported on 1): the file holds the checkpoint exactly and a torch model of the
+    same width and stem reproduces it."""
     from tests.test_main import TINY, run_main
 
     workdir = tmp_path / "work"
-    trained = run_main(f"--workdir={workdir}", "--config.num_train_steps=3", *TINY)
+    trained = run_main(f"--workdir={workdir}", "--config.num_train_steps=3", *TINY, devices=2)
     assert trained.returncode == 0, trained.stderr[-3000:]
     out = tmp_path / "exported" / "model.safetensors"
     done = run_main(f"--workdir={workdir}", "--mode=export", f"--out={out}", "--checkpoint=best")
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().splitlines()[-1] == f"wrote {out}"
-    variables = checkpoints.load_variables(str(workdir))  # the latest, step 3: also the best
+    with checkpoints.create_manager(str(workdir), keep=1, read_only=True) as manager:
+        assert manager.latest_step() == manager.best_step() == 3
+    # The reference: the checkpoint as restored where it was saved (2 devices).
+    script = f"""
+import jax, numpy as np
+from flax import traverse_util
+from hnc_jax import checkpoints
+variables = jax.device_get(checkpoints.load_variables({str(workdir)!r}))
+np.savez({str(tmp_path / "saved.npz")!r}, **traverse_util.flatten_dict(variables, sep="/"))
+"""
+    env = dict(os.environ, JAX_NUM_CPU_DEVICES="2")
+    command = [sys.executable, "-c", script]
+    saved = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    assert saved.returncode == 0, saved.stderr[-3000:]
+    with np.load(tmp_path / "saved.npz") as npz:
+        variables = traverse_util.unflatten_dict(dict(npz), sep="/")
     got, want = convert.weight_files.read(out), convert.to_state_dict(variables)
     assert sorted(got) == sorted(want)
     for key, value in want.items():
