@@ -296,7 +296,7 @@ def make_train_step(
             "num_posi": num_posi,
         }
         metrics = jax.lax.pmean(local, "data")
-        metrics["grad_norm"] = optax.global_norm(grads)
+        metrics["grad_norm"] = optax.tree.norm(grads)
         metrics["lr"] = jnp.asarray(schedule(state.step), jnp.float32)
         new_state = TrainState(state.step + 1, params, batch_stats, opt_state)
         return new_state, metrics
