@@ -5,6 +5,7 @@ cluttered-digits default (configs/default.py).
     python main.py --workdir=w --config=configs/imagenet_resnet101_hnc_mse.py \
         --config.data_dir=gs://bucket/tfds --config.hnc.weight=0.07
     python main.py --workdir=w --mode=eval --checkpoint=best
+    python main.py --workdir=w --mode=export --out=model.safetensors  # torchvision layout
 
 Multi-process (one process per host): --coordinator_address, --num_processes and
 --process_id go to `jax.distributed.initialize`; without them, a Cloud TPU pod or SLURM
@@ -25,11 +26,18 @@ config_flags.DEFINE_config_file(
     os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "default.py"),
     "Config file (get_config()).",
 )
-flags.DEFINE_enum("mode", "train", ["train", "eval", "cam"], "train (resumes), eval or cam.")
+flags.DEFINE_enum(
+    "mode", "train", ["train", "eval", "cam", "export"], "train (resumes), eval, cam or export."
+)
 flags.DEFINE_list("images", None, "--mode=cam: image files (default: the first eval images).")
 flags.DEFINE_integer("num_images", 8, "--mode=cam: how many eval images without --images.")
-flags.DEFINE_string("out", None, "--mode=cam: output PNG (default: <workdir>/cams.png).")
-flags.DEFINE_enum("checkpoint", "latest", ["latest", "best"], "Checkpoint to evaluate.")
+flags.DEFINE_string(
+    "out",
+    None,
+    "--mode=cam: output PNG (default: <workdir>/cams.png); --mode=export: "
+    "the .safetensors or .pth file (torchvision's state_dict layout).",
+)
+flags.DEFINE_enum("checkpoint", "latest", ["latest", "best"], "Checkpoint to evaluate/export.")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
 flags.DEFINE_integer("num_processes", None, "Number of processes.")
 flags.DEFINE_integer("process_id", None, "This process's index.")
@@ -52,7 +60,7 @@ def main(argv: list[str]) -> None:
     del argv
     # Orbax logs every save step at INFO; keep the log to progress and metrics.
     logging.get_absl_handler().addFilter(lambda record: "/orbax/" not in record.pathname)
-    from hnc_jax import trainer  # After flag parsing: imports TensorFlow.
+    from hnc_jax import convert, trainer  # After flag parsing: imports TensorFlow.
 
     init_distributed()
     logging.info("process %d/%d, devices: %s", jax.process_index(), jax.process_count(),
@@ -69,9 +77,14 @@ def main(argv: list[str]) -> None:
             if jax.process_index() == 0:
                 print(f"wrote {path}")
             return
+        elif FLAGS.mode == "export":
+            if not FLAGS.out:
+                raise ValueError("--mode=export needs --out=<file>.safetensors (or .pth)")
+            print(f"wrote {convert.export_checkpoint(FLAGS.workdir, FLAGS.out, FLAGS.checkpoint)}")
+            return
         else:
             result = trainer.evaluate_checkpoint(FLAGS.config, FLAGS.workdir, FLAGS.checkpoint)
-    except (ValueError, FileNotFoundError, FloatingPointError) as e:
+    except (ValueError, FileNotFoundError, FloatingPointError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     logging.info("final: %s", result)

@@ -71,21 +71,26 @@ def restore(manager: ocp.CheckpointManager, step: int, target):
     return manager.restore(step, args=ocp.args.StandardRestore(abstract))
 
 
-def load_variables(path: str | os.PathLike, sharding: jax.sharding.Sharding) -> dict:
-    """{'params', 'batch_stats'} of the latest checkpoint of a workdir (or its checkpoints/
-    directory) of this project, as saved (any model and class count), placed with `sharding`
-    (e.g. replicated over this run's mesh: the saving run's devices may not exist here)."""
+def load_variables(
+    path: str | os.PathLike, sharding: jax.sharding.Sharding, which: str = "latest"
+) -> dict:
+    """{'params', 'batch_stats'} of the 'latest' or 'best' checkpoint of a workdir (or its
+    checkpoints/ directory) of this project, as saved (any model and class count), placed
+    with `sharding` (e.g. replicated over this run's mesh, or one device: the saving run's
+    devices may not exist here). Raises ValueError (one line) when there is none."""
+    if which not in ("latest", "best"):
+        raise ValueError(f"unknown checkpoint {which!r}; allowed: latest, best")
     directory = epath.Path(path)
     if directory.name != "checkpoints":
         directory = checkpoint_dir(path)
     if not directory.is_dir():
-        raise FileNotFoundError(f"init_from: no checkpoints directory at {directory}")
-    options = ocp.CheckpointManagerOptions(read_only=True, create=False)
+        raise ValueError(f"no {which} checkpoint in {directory} (no such directory)")
+    options = ocp.CheckpointManagerOptions(read_only=True, create=False, best_fn=_best_metric)
     handler = ocp.StandardCheckpointHandler()
     with ocp.CheckpointManager(directory, options=options, item_handlers=handler) as manager:
-        step = manager.latest_step()
+        step = manager.latest_step() if which == "latest" else manager.best_step()
         if step is None:
-            raise ValueError(f"init_from: no checkpoint in {directory}")
+            raise ValueError(f"no {which} checkpoint in {directory}")
         saved = manager.item_metadata(step).tree
         target = jax.tree.map(
             lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding), saved
@@ -95,11 +100,12 @@ def load_variables(path: str | os.PathLike, sharding: jax.sharding.Sharding) -> 
 
 
 def init_from(path: str, state, num_classes: int):
-    """`state` with its params and BatchNorm statistics taken from `path`: a torchvision
-    `.pth`/`.pt` file or a workdir of this project. The head is re-initialised when the class
-    count differs; the optimizer state stays fresh. Same shardings as `state`."""
+    """`state` with its params and BatchNorm statistics taken from `path`: a torchvision or
+    timm weight file (`convert.WEIGHT_FILE_SUFFIXES`) or a workdir of this project. The head
+    is re-initialised when the class count differs; the optimizer state stays fresh. Same
+    shardings as `state`."""
     variables = {"params": state.params, "batch_stats": state.batch_stats}
-    if str(path).endswith((".pth", ".pt")):
+    if str(path).endswith(convert.WEIGHT_FILE_SUFFIXES):
         merged = convert.load_pretrained(path, variables, num_classes)
     else:
         imported = load_variables(path, state.step.sharding)

@@ -1,9 +1,10 @@
-"""Import torchvision ResNet weights (a `state_dict` or a `.pth` file) as Flax variables.
+"""torchvision / timm ResNet weights <-> Flax variables (torch only to write `.pth` files).
 
-    state_dict = convert.load_state_dict("resnet50-11ad3fa6.pth")
+    state_dict = convert.load_state_dict("resnet50-11ad3fa6.pth")  # or .safetensors, a dict
     name, num_classes = convert.infer_arch(state_dict)  # ('resnet50', 1000)
     variables = convert.from_torchvision(state_dict)
     logits, cams = models.create_model(name, num_classes=num_classes).apply(variables, x)
+    convert.to_torchvision(variables, "resnet50.safetensors")  # and back (or .pth)
 
 `from_torchvision` infers the depth (ResNet-18/34/50/101/152) and the class count from the
 keys and returns `{'params': ..., 'batch_stats': ...}` for `models.create_model(name,
@@ -11,12 +12,22 @@ num_classes=C)` (ImageNet stem, width 1), whose outputs then match the torch mod
 mode. `load_pretrained` merges such weights into a freshly initialised model for fine-tuning
 (`init_from` in the configs), re-initialising the classifier when the class count differs.
 
-Layouts: torch conv weight (O, I, kh, kw) -> Flax kernel (kh, kw, I, O); fc weight (C, D) ->
-kernel (D, C); BatchNorm weight/bias -> params scale/bias, running_mean/running_var ->
-batch_stats mean/var; `num_batches_tracked` is dropped.
+Accepted layouts: torchvision's `resnet18` ... `resnet152` and timm's plain ResNets of the
+same depths (`resnet50.a1_in1k`, `resnet50.tv_in1k`, ...: timm's resnet.py keeps torchvision's
+module names), i.e. the keys `conv1`, `bn1`, `layer{1-4}.{i}.conv{1-3}|bn{1-3}|downsample.{0,1}`
+and `fc`, each `.weight`, `.bias`, `.running_mean`, `.running_var` or `.num_batches_tracked`.
+Anything else (timm's deep-stem `resnet50d` with `conv1.0.weight`, SE or anti-aliased blocks,
+other models) is refused naming the first unexpected keys.
 
-torch is needed only to read `.pth` files; it is imported lazily (`pip install -r
-requirements-torch.txt`). Nothing is downloaded: the weights come from a file the user has.
+Files (`weight_files`): `.safetensors` through the safetensors library; any other name
+(`.pth`, `.pt`, `.pth.tar`, `.bin`) as a `torch.save` file, read with numpy alone through a
+restricted unpickler (a pickle that asks for anything but tensors and plain containers is
+refused, never run). torch is needed only to write `.pth` files (`pip install -r
+requirements-torch.txt`). Paths may be URLs (etils.epath). Nothing is downloaded.
+
+Layouts: torch conv weight (O, I, kh, kw) <-> Flax kernel (kh, kw, I, O); fc weight (C, D) <->
+kernel (D, C); BatchNorm weight/bias <-> params scale/bias, running_mean/running_var <->
+batch_stats mean/var; `num_batches_tracked` is dropped on import and written as 0 on export.
 """
 
 import functools
@@ -31,7 +42,7 @@ import numpy as np
 from absl import logging
 from flax import traverse_util
 
-from hnc_jax import models
+from hnc_jax import models, weight_files
 
 Variables = dict[str, Any]
 StateDict = dict[str, np.ndarray]
@@ -56,6 +67,14 @@ _LEAVES = {
 _KERNEL_PERM = {4: (2, 3, 1, 0), 2: (1, 0)}
 _PROBE_KEY = "layer1.0.conv1.weight"
 _MAX_NAMED = 3  # keys named in an error message before "(+N more)"
+# Every key of the accepted layouts (torchvision's and timm's ResNet-18..152).
+_LAYOUT_KEY = re.compile(
+    r"(conv1|bn1|fc|layer[1-4]\.\d+\.(conv[1-3]|bn[1-3]|downsample\.[01]))"
+    r"\.(weight|bias|running_mean|running_var|num_batches_tracked)"
+)
+_LAYOUT = "torchvision/timm resnet18..152 keys: conv1, bn1, layer1-4.*.conv|bn|downsample, fc"
+# Names read as weight files (the rest of `init_from` values are workdirs).
+WEIGHT_FILE_SUFFIXES = (".safetensors", ".pth", ".pt", ".tar", ".bin")
 
 
 def _few(keys: list[str]) -> str:
@@ -71,24 +90,8 @@ def _to_numpy(key: str, value: Any) -> np.ndarray:
     raise ValueError(f"not a state_dict: {key!r} holds a {type(value).__name__}, not a tensor")
 
 
-def _read_pth(path: str) -> Any:
-    try:
-        import torch
-    except ImportError as e:
-        raise ImportError(
-            f"reading {path} needs torch: pip install -r requirements-torch.txt"
-        ) from e
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no such checkpoint file: {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises RuntimeError, EOFError, UnpicklingError, ...
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ValueError(f"{path}: truncated or not a torch checkpoint ({reason})") from e
-
-
 def load_state_dict(state_dict_or_path: Mapping[str, Any] | str | os.PathLike) -> StateDict:
-    """A torch `state_dict` (or `.pth` path) as float32 numpy arrays with torchvision keys.
+    """A torch `state_dict` (or a `.pth`/`.safetensors` path) as float32 numpy arrays.
 
     Unwraps checkpoints saved as `{'state_dict': ...}` or `{'model': ...}` (with epoch,
     optimizer, ... beside it, as the original HNC code saved them), strips DataParallel's
@@ -97,7 +100,7 @@ def load_state_dict(state_dict_or_path: Mapping[str, Any] | str | os.PathLike) -
     """
     if isinstance(state_dict_or_path, str | os.PathLike):
         source = os.fspath(state_dict_or_path)
-        obj = _read_pth(source)
+        obj = weight_files.read(source)
     else:
         source, obj = "state_dict", state_dict_or_path
     if not isinstance(obj, Mapping):
@@ -119,8 +122,13 @@ def infer_arch(state_dict: Mapping[str, Any]) -> tuple[str, int]:
     """`(model_name, num_classes)` of a torchvision ResNet state_dict, e.g. ('resnet50', 1000).
 
     The depth follows from the number of blocks in layer1..layer4 and the block type
-    (bottleneck blocks have a `conv3`).
+    (bottleneck blocks have a `conv3`). Keys outside the accepted layouts are refused first.
     """
+    unexpected = [k for k in state_dict if not _LAYOUT_KEY.fullmatch(k)]
+    if unexpected:
+        raise ValueError(
+            f"not a torchvision ResNet state_dict ({_LAYOUT}): unexpected keys: {_few(unexpected)}"
+        )
     if _PROBE_KEY not in state_dict:
         raise ValueError(
             f"not a torchvision ResNet state_dict: no {_PROBE_KEY!r} "
@@ -205,7 +213,7 @@ def from_torchvision(state_dict_or_path: Mapping[str, Any] | str | os.PathLike) 
 
 
 def load_pretrained(path: str | os.PathLike, variables: Variables, num_classes: int) -> Variables:
-    """`variables` (from `model.init`) with every tensor replaced by the `.pth` file's.
+    """`variables` (from `model.init`) with every tensor replaced by the weight file's.
 
     Scanned layouts (`scan_blocks=True`) are recognised and filled through
     `models.stack_blocks`; the rest is `merge_pretrained`.
@@ -261,3 +269,71 @@ def merge_pretrained(
             num_classes,
         )
     return {**variables, **traverse_util.unflatten_dict(merged, sep="/")}
+
+
+_BLOCK_ORDER = ("conv1", "bn1", "conv2", "bn2", "conv3", "bn3", "downsample.0", "downsample.1")
+_TENSOR_ORDER = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+
+
+def _torch_order(key: str) -> tuple[int, ...]:
+    """Sorts torchvision keys as torch's `state_dict()` lists them (module definition order)."""
+    module, tensor = key.rsplit(".", 1)
+    block = re.fullmatch(r"layer(\d)\.(\d+)\.(.+)", module)
+    if block:
+        where = (int(block[1]), int(block[2]), _BLOCK_ORDER.index(block[3]))
+    else:  # the stem (conv1, bn1) before layer1, fc after layer4
+        where = (5, 0, 0) if module == "fc" else (0, 0, _BLOCK_ORDER.index(module))
+    return (*where, _TENSOR_ORDER.index(tensor))
+
+
+def _stage_sizes(params: Mapping[str, Any]) -> list[int]:
+    """Blocks per stage of unrolled or scanned (`stage{s}_blocks`, stacked) ResNet params."""
+    sizes = []
+    for s in range(1, 5):
+        n = sum(1 for k in params if re.fullmatch(rf"stage{s}_block\d+", k))
+        if f"stage{s}_blocks" in params:
+            n += jax.tree.leaves(params[f"stage{s}_blocks"])[0].shape[0]
+        sizes.append(n)
+    return sizes
+
+
+def to_state_dict(variables: Variables) -> StateDict:
+    """torchvision-named float32 numpy arrays of a Flax ResNet's variables (any depth, width
+    or stem; unrolled or scanned), in torch's module order; inverse of `from_torchvision`.
+    BatchNorm's `num_batches_tracked` is 0 (torch uses it only with momentum=None)."""
+    variables = {c: variables[c] for c in ("params", "batch_stats")}
+    if any(k.endswith("_blocks") for k in variables["params"]):
+        variables = models.unstack_blocks(variables, _stage_sizes(variables["params"]))
+    state_dict = {}
+    for path, value in traverse_util.flatten_dict(variables).items():
+        value = np.asarray(value, np.float32)
+        if path[-1] == "kernel":
+            value = value.transpose(np.argsort(_KERNEL_PERM[value.ndim]))
+        key = _torch_key(path)
+        state_dict[key] = np.ascontiguousarray(value)
+        if key.endswith(".running_var"):
+            state_dict[key.replace("running_var", "num_batches_tracked")] = np.array(0, np.int64)
+    infer_arch(state_dict)  # ValueError unless a ResNet-18..152
+    return dict(sorted(state_dict.items(), key=lambda item: _torch_order(item[0])))
+
+
+def to_torchvision(variables: Variables, path: str | os.PathLike) -> str:
+    """Writes `to_state_dict(variables)` to `path` (`weight_files.write`: `.safetensors`, or
+    `.pth` via torch) and returns it. torchvision's `resnet<depth>(num_classes=C)` loads it
+    with `strict=True` when the model has width 1 and the ImageNet stem (other widths and stems
+    keep the names, with their own shapes)."""
+    return weight_files.write(to_state_dict(variables), path)
+
+
+def export_checkpoint(workdir: str, path: str, which: str = "latest") -> str:
+    """Writes the 'latest' or 'best' checkpoint of a workdir of this project with
+    `to_torchvision` (on process 0) and returns the path. Any device count may have saved it
+    (a pod slice, exported on a laptop): it is restored onto one device."""
+    from hnc_jax import checkpoints  # imports this module
+
+    weight_files.check_writable(path)
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    variables = checkpoints.load_variables(workdir, device, which)
+    if jax.process_index() == 0:
+        to_torchvision(variables, path)
+    return path

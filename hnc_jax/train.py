@@ -113,8 +113,8 @@ def validate_config(config: ml_collections.ConfigDict, num_classes: int) -> None
             )
     if config.init_from and not epath.Path(config.init_from).exists():
         raise ValueError(
-            f"init_from {config.init_from!r} does not exist; give a torchvision .pth file or "
-            "a workdir of this project"
+            f"init_from {config.init_from!r} does not exist; give a torchvision/timm weight "
+            "file (.pth, .safetensors, ...) or a workdir of this project"
         )
 
 
@@ -314,7 +314,7 @@ def make_train_step(
             cams = models.class_activation_maps(features, state.params["head"])
             local["num_posi"] = losses.num_positive_negative_pixels(cams, labels)
         metrics = jax.lax.pmean(local, "data")
-        metrics["grad_norm"] = optax.global_norm(grads)
+        metrics["grad_norm"] = optax.tree.norm(grads)
         metrics["lr"] = jnp.asarray(schedule(state.step), jnp.float32)
         new_state = TrainState(state.step + 1, params, batch_stats, opt_state)
         return new_state, metrics

@@ -6,17 +6,22 @@ statistics; nothing is downloaded. Tests that need torch are skipped without it.
 """
 
 import logging
+import os
+import subprocess
 import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import traverse_util
 
 from configs import default
 from hnc_jax import checkpoints, convert, models, train
 
 TORCH_REASON = "torch is optional: pip install -r requirements-torch.txt"
+ROOT = Path(__file__).resolve().parents[1]
 ARCHS = {  # depth -> (blocks per layer, bottleneck)
     18: ((2, 2, 2, 2), False),
     34: ((3, 4, 6, 3), False),
@@ -26,8 +31,12 @@ ARCHS = {  # depth -> (blocks per layer, bottleneck)
 }
 
 
-def torch_resnet(depth: int, num_classes: int, seed: int = 0):
-    """torchvision's ResNet in eval mode with random weights and BN statistics.
+def torch_resnet(
+    depth: int, num_classes: int, seed: int = 0, width: float = 1.0, stem: str = "imagenet"
+):
+    """torchvision's ResNet in eval mode with random weights and BN statistics (also timm's:
+    its resnet.py keeps torchvision's module names). `width` and `stem` as in `models.ResNet`:
+    width 1 and the ImageNet stem are torchvision's `resnet<depth>`.
 
     forward(x NCHW) -> (logits (N, C), layer4 output (N, D, h, w)).
     """
@@ -37,21 +46,21 @@ def torch_resnet(depth: int, num_classes: int, seed: int = 0):
     expansion = 4 if bottleneck else 1
 
     class Block(nn.Module):
-        def __init__(self, cin: int, width: int, stride: int):
+        def __init__(self, cin: int, planes: int, stride: int):
             super().__init__()
-            cout = width * expansion
+            cout = planes * expansion
             if bottleneck:
-                self.conv1 = nn.Conv2d(cin, width, 1, bias=False)
-                self.bn1 = nn.BatchNorm2d(width)
-                self.conv2 = nn.Conv2d(width, width, 3, stride, 1, bias=False)
-                self.bn2 = nn.BatchNorm2d(width)
-                self.conv3 = nn.Conv2d(width, cout, 1, bias=False)
+                self.conv1 = nn.Conv2d(cin, planes, 1, bias=False)
+                self.bn1 = nn.BatchNorm2d(planes)
+                self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+                self.bn2 = nn.BatchNorm2d(planes)
+                self.conv3 = nn.Conv2d(planes, cout, 1, bias=False)
                 self.bn3 = nn.BatchNorm2d(cout)
             else:
-                self.conv1 = nn.Conv2d(cin, width, 3, stride, 1, bias=False)
-                self.bn1 = nn.BatchNorm2d(width)
-                self.conv2 = nn.Conv2d(width, width, 3, 1, 1, bias=False)
-                self.bn2 = nn.BatchNorm2d(width)
+                self.conv1 = nn.Conv2d(cin, planes, 3, stride, 1, bias=False)
+                self.bn1 = nn.BatchNorm2d(planes)
+                self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+                self.bn2 = nn.BatchNorm2d(planes)
             self.downsample = None
             if stride != 1 or cin != cout:
                 self.downsample = nn.Sequential(
@@ -65,24 +74,30 @@ def torch_resnet(depth: int, num_classes: int, seed: int = 0):
                 y = self.bn3(self.conv3(torch.relu(y)))
             return torch.relu(y + (x if self.downsample is None else self.downsample(x)))
 
+    base = max(1, round(64 * width))
+
     class ResNet(nn.Module):
         def __init__(self):
             super().__init__()
-            self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
-            self.bn1 = nn.BatchNorm2d(64)
-            cin = 64
+            if stem == "imagenet":
+                self.conv1 = nn.Conv2d(3, base, 7, 2, 3, bias=False)
+            else:
+                self.conv1 = nn.Conv2d(3, base, 3, 1, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(base)
+            cin = base
             for s, n in enumerate(sizes, start=1):
-                width = 64 * 2 ** (s - 1)
+                planes = base * 2 ** (s - 1)
                 blocks = []
                 for b in range(n):
-                    blocks.append(Block(cin, width, 2 if s > 1 and b == 0 else 1))
-                    cin = width * expansion
+                    blocks.append(Block(cin, planes, 2 if s > 1 and b == 0 else 1))
+                    cin = planes * expansion
                 setattr(self, f"layer{s}", nn.Sequential(*blocks))
             self.fc = nn.Linear(cin, num_classes)
 
         def forward(self, x):
             x = torch.relu(self.bn1(self.conv1(x)))
-            x = nn.functional.max_pool2d(x, 3, 2, 1)
+            if stem == "imagenet":
+                x = nn.functional.max_pool2d(x, 3, 2, 1)
             x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
             return self.fc(x.mean(dim=(2, 3))), x
 
@@ -348,7 +363,176 @@ def test_bad_files(resnet18_pth, tmp_path):
         convert.from_torchvision(tmp_path / "absent.pth")
 
 
-def test_missing_torch_names_the_requirements_file(monkeypatch, tmp_path):
+def test_files_import_without_torch(resnet18, resnet18_pth, tmp_path):
+    """`.pth` and `.safetensors` files import in a process where `import torch` fails."""
+    import safetensors.torch
+
+    st_path = tmp_path / "resnet18.safetensors"
+    safetensors.torch.save_file(resnet18.state_dict(), st_path)
+    script = f"""
+import sys
+sys.modules["torch"] = None  # `import torch` raises ImportError
+import numpy as np
+from flax import traverse_util
+from hnc_jax import convert
+for name, path in [("pth", {str(resnet18_pth)!r}), ("safetensors", {str(st_path)!r})]:
+    flat = traverse_util.flatten_dict(convert.from_torchvision(path), sep="/")
+    np.savez({str(tmp_path)!r} + f"/{{name}}.npz", **flat)
+"""
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    want = traverse_util.flatten_dict(convert.from_torchvision(resnet18.state_dict()), sep="/")
+    for name in ("pth", "safetensors"):
+        with np.load(tmp_path / f"{name}.npz") as got:
+            assert sorted(got) == sorted(want)
+            for key, value in want.items():
+                np.testing.assert_array_equal(got[key], value)
+
+
+def test_timm_layout_safetensors_reproduces_torch(tmp_path):
+    """A file as timm's hub files are written (`safetensors.torch.save_file` of the model's
+    state_dict, metadata format 'pt')."""
+    model = torch_resnet(50, 12, seed=3)
+    import safetensors.torch
+
+    path = tmp_path / "model.safetensors"
+    safetensors.torch.save_file(model.state_dict(), path, metadata={"format": "pt"})
+    images = np.random.default_rng(3).normal(size=(2, 64, 64, 3)).astype(np.float32)
+    assert convert.infer_arch(convert.load_state_dict(path)) == ("resnet50", 12)
+    got = flax_outputs("resnet50", 12, convert.from_torchvision(path), images)
+    errors = [rel_err(g, w) for g, w in zip(got, torch_outputs(model, images), strict=True)]
+    print(f"timm-layout resnet50: max rel err logits {errors[0]:.1e}, cams {errors[1]:.1e}")
+    assert max(errors) <= 1e-4
+
+
+@pytest.mark.parametrize(
+    ("extra", "first"),
+    [
+        ({"conv1.0.weight": (32, 3, 3, 3), "conv1.1.weight": (32,)}, "conv1.0.weight"),  # timm d
+        ({"layer1.0.se.fc1.weight": (8, 64, 1, 1)}, "layer1.0.se.fc1.weight"),  # SE blocks
+        ({"layer2.0.downsample.2.weight": (128,)}, "layer2.0.downsample.2.weight"),  # avg_down
+        ({"head.fc.weight": (10, 512)}, "head.fc.weight"),
+    ],
+)
+def test_other_layouts_are_refused_naming_the_first_unexpected_key(extra, first):
+    sd = {k: np.zeros(v.shape) for k, v in convert.to_state_dict(fresh_flax(18, 10)).items()}
+    sd |= {k: np.zeros(shape) for k, shape in extra.items()}
+    with pytest.raises(ValueError, match=rf"torchvision/timm .*: unexpected keys: {first}") as e:
+        convert.from_torchvision(sd)
+    assert "\n" not in str(e.value)
+
+
+def fresh_flax(depth: int, num_classes: int, seed: int = 0, **kwargs) -> dict:
+    """`model.init` variables with random BatchNorm scales, biases and statistics and a random
+    classifier bias (so that every tensor matters)."""
+    model = models.create_model(f"resnet{depth}", num_classes=num_classes, **kwargs)
+    variables = jax.jit(model.init)(jax.random.key(seed), jnp.zeros((1, 64, 64, 3)))
+    rng = np.random.default_rng(seed)
+    ranges = {"scale": (0.5, 1.5), "var": (0.5, 2.0), "bias": (-0.2, 0.2), "mean": (-0.2, 0.2)}
+
+    def randomise(path, x):
+        name = path[-1].key
+        if name in ranges:
+            return rng.uniform(*ranges[name], size=x.shape).astype(np.float32)
+        return np.asarray(x)
+
+    return jax.tree_util.tree_map_with_path(randomise, variables)
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+@pytest.mark.parametrize("scan_blocks", [False, True])
+def test_export_round_trip_is_exact(tmp_path, suffix, scan_blocks):
+    if suffix == ".pth":
+        pytest.importorskip("torch", reason=TORCH_REASON)
+    variables = fresh_flax(34, 7)
+    exported = variables
+    if scan_blocks:
+        exported = models.stack_blocks(variables, models.ResNet34(num_classes=1).stage_sizes)
+    path = convert.to_torchvision(exported, tmp_path / f"resnet34{suffix}")
+    jax.tree.map(np.testing.assert_array_equal, convert.from_torchvision(path), variables)
+
+
+def test_export_loads_strictly_into_torch_and_matches(tmp_path):
+    torch = pytest.importorskip("torch", reason=TORCH_REASON)
+    variables = fresh_flax(50, 6, seed=1)
+    images = np.random.default_rng(1).normal(size=(2, 64, 64, 3)).astype(np.float32)
+    for suffix in (".safetensors", ".pth"):
+        path = convert.to_torchvision(variables, tmp_path / f"resnet50{suffix}")
+        model = torch_resnet(50, 6, seed=9)
+        state_dict = convert.weight_files.read(path)
+        assert sorted(state_dict) == sorted(model.state_dict())
+        if suffix == ".pth":  # safetensors sorts the names
+            assert list(state_dict) == list(model.state_dict())  # torch's module order
+        model.load_state_dict({k: torch.from_numpy(v) for k, v in state_dict.items()})
+        got = torch_outputs(model, images)
+        want = flax_outputs("resnet50", 6, variables, images)
+        errors = [rel_err(g, w) for g, w in zip(got, want, strict=True)]
+        print(f"resnet50{suffix}: max rel err logits {errors[0]:.1e}, cams {errors[1]:.1e}")
+        assert max(errors) <= 1e-4
+
+
+def test_export_refuses_bad_paths_and_models(tmp_path, monkeypatch):
+    variables = fresh_flax(18, 3)
+    with pytest.raises(ValueError, match=r"give a .safetensors or .pth file"):
+        convert.to_torchvision(variables, tmp_path / "model.npz")
+    broken = {"params": dict(variables["params"]), "batch_stats": variables["batch_stats"]}
+    del broken["params"]["stage1_block1"]
+    with pytest.raises(ValueError, match=r"resnet18 state_dict is missing|blocks per layer"):
+        convert.to_torchvision(broken, tmp_path / "model.safetensors")
+    workdir, out = str(tmp_path / "work"), str(tmp_path / "model.safetensors")
+    with pytest.raises(ValueError, match=r"no best checkpoint in .*work/checkpoints"):
+        convert.export_checkpoint(workdir, out, "best")
+    with pytest.raises(ValueError, match=r"unknown checkpoint 'first'; allowed: latest, best"):
+        convert.export_checkpoint(workdir, out, "first")
     monkeypatch.setitem(sys.modules, "torch", None)  # makes `import torch` raise ImportError
     with pytest.raises(ImportError, match=r"pip install -r requirements-torch.txt"):
-        convert.from_torchvision(tmp_path / "resnet50.pth")
+        convert.to_torchvision(variables, tmp_path / "resnet18.pth")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_main_exports_a_trained_workdir(tmp_path):
+    """main.py --mode=export on a tiny trained workdir (narrow, small stem; trained on 2
+    devices, exported on 1): the file holds the checkpoint exactly and a torch model of the
+    same width and stem reproduces it."""
+    from tests.test_main import TINY, run_main
+
+    workdir = tmp_path / "work"
+    trained = run_main(f"--workdir={workdir}", "--config.num_train_steps=3", *TINY, devices=2)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    out = tmp_path / "exported" / "model.safetensors"
+    done = run_main(f"--workdir={workdir}", "--mode=export", f"--out={out}", "--checkpoint=best")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == f"wrote {out}"
+    with checkpoints.create_manager(str(workdir), keep=1, read_only=True) as manager:
+        assert manager.latest_step() == manager.best_step() == 3
+    # The reference: the checkpoint as restored where it was saved (2 devices).
+    script = f"""
+import jax, numpy as np
+from flax import traverse_util
+from hnc_jax import checkpoints
+variables = jax.device_get(checkpoints.load_variables({str(workdir)!r}))
+np.savez({str(tmp_path / "saved.npz")!r}, **traverse_util.flatten_dict(variables, sep="/"))
+"""
+    env = dict(os.environ, JAX_NUM_CPU_DEVICES="2")
+    command = [sys.executable, "-c", script]
+    saved = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    assert saved.returncode == 0, saved.stderr[-3000:]
+    with np.load(tmp_path / "saved.npz") as npz:
+        variables = traverse_util.unflatten_dict(dict(npz), sep="/")
+    got, want = convert.weight_files.read(out), convert.to_state_dict(variables)
+    assert sorted(got) == sorted(want)
+    for key, value in want.items():
+        np.testing.assert_array_equal(got[key], value)
+    bad = run_main(f"--workdir={workdir}", "--mode=export", f"--out={tmp_path / 'model.npz'}")
+    errors = [line for line in bad.stderr.splitlines() if line.startswith("error:")]
+    assert bad.returncode == 2 and len(errors) == 1, bad.stderr[-2000:]
+    assert errors[0].endswith("model.npz: give a .safetensors or .pth file")
+
+    torch = pytest.importorskip("torch", reason=TORCH_REASON)
+    model = torch_resnet(18, 10, width=0.0625, stem="small")
+    model.load_state_dict({k: torch.tensor(v) for k, v in got.items()}, strict=True)
+    images = np.random.default_rng(0).normal(size=(2, 48, 48, 3)).astype(np.float32)
+    flax = flax_outputs("resnet18", 10, variables, images, width=0.0625, stem="small")
+    for g, w in zip(torch_outputs(model, images), flax, strict=True):
+        assert rel_err(g, w) <= 1e-4

@@ -130,7 +130,7 @@ def test_init_from_another_run_loads_its_weights_only(tmp_path):
     config.init_from = str(tmp_path / "a")
     result = trainer.train_and_evaluate(config, str(tmp_path / "b"))
     assert result["eval/top1"] >= 0.0
-    with pytest.raises(FileNotFoundError, match="no checkpoints directory at"):
+    with pytest.raises(ValueError, match="no latest checkpoint in .*none/checkpoints"):
         checkpoints.init_from(str(tmp_path / "none"), run.state, run.info.num_classes)
 
 
