@@ -25,7 +25,7 @@ def get_config() -> ml_collections.ConfigDict:
     config = imagenet_base.with_hnc(imagenet_base.get_config(), "mse", 0.07)
     config.half_precision = True
     config.batch_size = BASE_BATCH * CHIPS // 8
-    config.eval_batch_size = 1000
+    config.eval_batch_size = 1024  # 32 per chip; the last of 49 batches is padded (masked).
     # The lr follows --config.batch_size (a FieldReference), unless set explicitly.
     config.optimizer.learning_rate = config.get_ref("batch_size").to_float() * (
         BASE_LR / BASE_BATCH
