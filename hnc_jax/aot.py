@@ -222,6 +222,8 @@ def _parse(argv: list[str]) -> flags.FlagValues:
             raise flags.Error("--config is required (a configs/*.py file)")
         if not values.steps or not set(values.steps) <= {"train", "eval"}:
             raise flags.Error(f"--steps must be a subset of train,eval, got {values.steps}")
+        if values.anchor and "train" not in values.steps:
+            raise flags.Error("--anchor compiles a train step only: --steps=train")
     except (flags.Error, FileNotFoundError, AttributeError, KeyError, ValueError) as e:
         _fail(str(e).splitlines()[0])
     return values
@@ -251,7 +253,11 @@ def main(argv: list[str]) -> dict:
     }
     for name, (step, args) in steps.items():
         start = time.perf_counter()
-        compiled = step.lower(*args).compile()
+        try:
+            lowered = step.lower(*args)
+        except ValueError as e:  # A config the step cannot trace, e.g. an unknown hnc.loss.
+            _fail(str(e).splitlines()[0])
+        compiled = lowered.compile()
         compile_s = time.perf_counter() - start
         hlo = compiled.as_text()
         if name == "train" and values.hlo_out:

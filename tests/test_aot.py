@@ -97,6 +97,8 @@ def test_tiny_config_compiles_for_a_v5e_slice_with_consistent_figures(capsys):
         ([*TINY, "--config.model=resnet7"], "unknown model 'resnet7'"),
         ([*TINY, "--config.dataset=voc/2007"], "pass --num_classes"),
         ([*TINY, "--steps=train,predict"], "--steps must be a subset of train,eval"),
+        ([*TINY, "--anchor", "--steps=eval"], "--anchor compiles a train step only"),
+        ([*TINY, "--config.hnc.loss=hinge"], "unknown HNC loss 'hinge'"),
         ([*TINY, "--bogus=1"], "Unknown command line flag 'bogus'"),
     ],
 )
