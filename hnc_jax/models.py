@@ -68,7 +68,7 @@ def batch_norm(dtype: Any, train: bool, axis_name: str | None = None) -> ModuleD
         epsilon=1e-5,
         dtype=dtype,
         axis_name=axis_name,
-        use_fast_variance=jnp.dtype(dtype) != jnp.float32,
+        use_fast_variance=bool(jnp.dtype(dtype) != jnp.float32),
     )
 
 
