@@ -1,4 +1,5 @@
-"""Benchmarks (never timed tests): `python -m hnc_jax.bench {step,startup,input,resume} [flags]`.
+"""Benchmarks (never timed tests):
+`python -m hnc_jax.bench {step,startup,input,resume,aot} [flags]`.
 
 step     the real train step (`train.make_train_step`), cross-entropy only vs +HNC-mse vs
          +HNC-kd, steps interleaved after warm-up, medians of repeats. Honours
@@ -9,6 +10,9 @@ startup  init / trace / compile of the +HNC-mse step and the step time, unrolled
 input    the train input pipeline vs a PIL + RandomResizedCrop loop (`input_bench.py`).
 resume   records read to resume the train stream mid-epoch, and the epoch-boundary stall,
          against a baseline commit's pipeline (`resume_bench.py`).
+aot      a config's train and eval steps compiled for a TPU slice on this host: memory per
+         chip, FLOPs and bytes per image, roofline images/s per chip (`aot.py`; needs
+         requirements-tpu.txt).
 
 Each prints a readable table and, as its last line, one JSON object.
 """
@@ -94,22 +98,30 @@ def bench_step(args: argparse.Namespace) -> dict:
     ms = {loss: 1000 * statistics.median(runs[loss]["times"]) for loss in variants}
     print(
         f"{args.model} width={args.width} batch={args.batch_size} size={args.image_size} "
-        f"classes={args.num_classes} k={args.k} on {jax.devices()[0].device_kind} "
+        f"classes={args.num_classes} k={args.k} {'bfloat16' if args.bf16 else 'float32'} on "
+        f"{jax.devices()[0].device_kind} "
         f"x{jax.device_count()}, median of {args.repeats}"
     )
     base = ms.get("none", float("nan"))
-    print(f"{'step':<10}{'median ms':>12}{'ratio':>8}{'p10 ms':>10}{'p90 ms':>10}{'compile s':>11}")
+    print(
+        f"{'step':<10}{'median ms':>12}{'images/s':>10}{'ratio':>8}{'p10 ms':>10}{'p90 ms':>10}"
+        f"{'compile s':>11}"
+    )
+    images_per_s = {loss: args.batch_size / (ms[loss] / 1000) for loss in variants}
     for loss in variants:
         q = np.percentile(runs[loss]["times"], [10, 90]) * 1000
         print(
-            f"{LABELS[loss]:<10}{ms[loss]:>12.1f}{ms[loss] / base:>8.3f}{q[0]:>10.1f}{q[1]:>10.1f}"
-            f"{runs[loss]['compile_s']:>11.1f}"
+            f"{LABELS[loss]:<10}{ms[loss]:>12.1f}{images_per_s[loss]:>10.1f}{ms[loss] / base:>8.3f}"
+            f"{q[0]:>10.1f}{q[1]:>10.1f}{runs[loss]['compile_s']:>11.1f}"
         )
     timed = runs["mse"] if "mse" in runs else runs[variants[0]]
     result = {f"{KEYS[loss]}_ms": ms[loss] for loss in variants}
+    result |= {f"{KEYS[loss]}_images_per_s": images_per_s[loss] for loss in variants}
     result |= {f"{KEYS[loss]}_ratio": ms[loss] / base for loss in variants if loss != "none"}
     result |= {key: timed[key] for key in ("compile_s", "trace_s", "init_s")}
     return result | dict(
+        batch_size=args.batch_size,
+        bf16=args.bf16,
         repeats=args.repeats,
         device=jax.devices()[0].device_kind,
         num_devices=jax.device_count(),
@@ -185,6 +197,7 @@ def main(argv: list[str] | None = None) -> None:
             p.add_argument("--layouts", default="unrolled,scan", help="of unrolled,scan")
     sub.add_parser("input", add_help=False)
     sub.add_parser("resume", add_help=False)
+    sub.add_parser("aot", add_help=False)
     args, rest = parser.parse_known_args(argv)
     if args.command == "input":
         from hnc_jax import input_bench
@@ -195,6 +208,11 @@ def main(argv: list[str] | None = None) -> None:
         from hnc_jax import resume_bench
 
         resume_bench.main(rest)
+        return
+    if args.command == "aot":
+        from hnc_jax import aot
+
+        print(json.dumps(aot.main(rest)))
         return
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")

@@ -54,9 +54,15 @@ def make_eval_step(
     )
 
 
+def abstract_totals() -> dict[str, jax.ShapeDtypeStruct]:
+    """The running totals' shapes and dtypes: float32 scalars."""
+    return {key: jax.ShapeDtypeStruct((), jnp.float32) for key in KEYS}
+
+
 def zero_totals(mesh: Mesh) -> Totals:
     """Running totals at zero, replicated over `mesh`."""
-    return jax.device_put({key: jnp.float32(0.0) for key in KEYS}, NamedSharding(mesh, P()))
+    zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), abstract_totals())
+    return jax.device_put(zeros, NamedSharding(mesh, P()))
 
 
 def evaluate(

@@ -66,10 +66,12 @@ def _one_of(name: str, value: Any, allowed: tuple[str, ...]) -> None:
         raise ValueError(f"unknown {name} {value!r}; allowed: {', '.join(allowed)}")
 
 
-def validate_config(config: ml_collections.ConfigDict, num_classes: int) -> None:
+def validate_config(
+    config: ml_collections.ConfigDict, num_classes: int, devices: int | None = None
+) -> None:
     """Raises ValueError (one line) for a config that cannot train a dataset of
-    `num_classes` classes on `jax.device_count()` devices. Needs no data: runs before the
-    dataset is prepared, anything is compiled or the workdir is touched."""
+    `num_classes` classes on `devices` devices (default `jax.device_count()`). Needs no data:
+    runs before the dataset is prepared, anything is compiled or the workdir is touched."""
     _one_of("model", config.model, models.MODEL_NAMES)
     _one_of("stem", config.stem, models.STEMS)
     if config.model_width <= 0:
@@ -104,7 +106,7 @@ def validate_config(config: ml_collections.ConfigDict, num_classes: int) -> None
             raise ValueError(f"{field} must be > 0 (or -1: every epoch), got {config[field]}")
     if config.keep_checkpoints < 1:
         raise ValueError(f"keep_checkpoints must be >= 1, got {config.keep_checkpoints}")
-    devices = jax.device_count()
+    devices = devices or jax.device_count()
     for field in ("batch_size", "eval_batch_size"):
         if config[field] <= 0 or config[field] % devices:
             raise ValueError(

@@ -21,6 +21,8 @@ def test_step_bench_reports_every_variant(capsys):
     result = _last_json(capsys)
     for loss in ("ce", "hnc_mse", "hnc_kd"):
         assert result[f"{loss}_ms"] > 0
+        want = result["batch_size"] / (result[f"{loss}_ms"] / 1000)
+        assert result[f"{loss}_images_per_s"] == pytest.approx(want)
     for loss in ("hnc_mse", "hnc_kd"):
         assert result[f"{loss}_ratio"] == pytest.approx(result[f"{loss}_ms"] / result["ce_ms"])
     assert result["compile_s"] > 0 and result["repeats"] == 2

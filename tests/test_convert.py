@@ -511,7 +511,8 @@ def test_main_exports_a_trained_workdir(tmp_path):
 import jax, numpy as np
 from flax import traverse_util
 from hnc_jax import checkpoints
-variables = jax.device_get(checkpoints.load_variables({str(workdir)!r}))
+device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+variables = jax.device_get(checkpoints.load_variables({str(workdir)!r}, device))
 np.savez({str(tmp_path / "saved.npz")!r}, **traverse_util.flatten_dict(variables, sep="/"))
 """
     env = dict(os.environ, JAX_NUM_CPU_DEVICES="2")

@@ -84,6 +84,35 @@ def test_bfloat16_compute_keeps_float32_params():
     np.testing.assert_allclose(logits, ref_logits, rtol=0.1, atol=0.1)
 
 
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_batch_norm_statistics_against_float64(dtype):
+    """Batch mean and variance (the running averages with momentum 0) and the output, against
+    float64 two-pass statistics of the same input as the layer sees it (rounded to `dtype`).
+    Channels: centred, mean^2/var = 900, near-constant (mean^2/var = 1.6e5), mean^2/var = 4e4.
+    float32 (two passes, torch's): var within 1e-5 (one pass errs by ~1e-2 on this input).
+    bfloat16 (one pass): var within a tenth of what the bfloat16 rounding of the input itself
+    moves it and within 1%; the bfloat16 output within its rounding.
+    """
+    means, stds = np.array([0.0, 30.0, 4.0, -100.0]), np.array([1.0, 1.0, 1e-2, 0.5])
+    exact = np.random.default_rng(0).normal(means, stds, (16, 14, 14, 4))
+    x = jnp.asarray(exact, dtype)
+    x64 = np.asarray(x, np.float64)
+    mean, var = x64.mean(axis=(0, 1, 2)), x64.var(axis=(0, 1, 2))
+    bn = models.batch_norm(dtype, train=True)(momentum=0.0)  # running stats = batch stats
+    y, state = bn.apply(bn.init(jax.random.key(0), x), x, mutable=["batch_stats"])
+    stats = state["batch_stats"]
+    np.testing.assert_allclose(stats["mean"], mean, rtol=1e-6, atol=1e-6)
+    var_error = np.abs(np.asarray(stats["var"], np.float64) / var - 1)
+    y_want = (x64 - mean) / np.sqrt(var + 1e-5)
+    if dtype == jnp.float32:
+        assert np.all(var_error < 1e-5), var_error
+        np.testing.assert_allclose(y, y_want, atol=1e-4)
+    else:
+        rounding_shift = np.abs(exact.var(axis=(0, 1, 2)) / var - 1)
+        assert np.all(var_error < 0.1 * rounding_shift) and np.all(var_error < 0.01), var_error
+        np.testing.assert_allclose(np.asarray(y, np.float64), y_want, atol=0.02)
+
+
 def test_initialisation_follows_the_spec():
     model = models.ResNet50(num_classes=1000)
     variables = jax.jit(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))()
