@@ -79,6 +79,20 @@ def _compile(step, state, batch) -> tuple[object, float, float]:
     return compiled, trace_s, time.perf_counter() - start
 
 
+def time_interleaved(runs: dict[str, dict], warmup: int, repeats: int) -> None:
+    """Runs each run's `step(state, batch)` `warmup + repeats` times, the runs interleaved (the
+    machine's drift hits every variant alike), each call timed until its new state and metrics
+    are ready (dispatch is asynchronous); appends the last `repeats` times (s) to the run's
+    'times' and leaves its last state in 'state'."""
+    for i in range(warmup + repeats):
+        for run in runs.values():
+            start = time.perf_counter()
+            run["state"], metrics = run["step"](run["state"], run["batch"])
+            jax.block_until_ready((run["state"], metrics))
+            if i >= warmup:
+                run["times"].append(time.perf_counter() - start)
+
+
 def bench_step(args: argparse.Namespace) -> dict:
     variants = tuple(args.variants.split(","))
     runs = {}
@@ -87,14 +101,7 @@ def bench_step(args: argparse.Namespace) -> dict:
         compiled, trace_s, compile_s = _compile(step, state, batch)
         runs[loss] = dict(step=compiled, state=state, batch=batch, times=[])
         runs[loss].update(init_s=init_s, trace_s=trace_s, compile_s=compile_s)
-    for i in range(args.warmup + args.repeats):
-        for loss in variants:  # interleaved: the machine's drift hits every variant alike
-            run = runs[loss]
-            start = time.perf_counter()
-            run["state"], metrics = run["step"](run["state"], run["batch"])
-            jax.block_until_ready((run["state"], metrics))
-            if i >= args.warmup:
-                run["times"].append(time.perf_counter() - start)
+    time_interleaved(runs, args.warmup, args.repeats)
     ms = {loss: 1000 * statistics.median(runs[loss]["times"]) for loss in variants}
     print(
         f"{args.model} width={args.width} batch={args.batch_size} size={args.image_size} "
