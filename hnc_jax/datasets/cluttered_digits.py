@@ -7,6 +7,11 @@ other scans of the same split. Every example carries the target's `label`, its t
 `bbox` ([ymin, xmin, ymax, xmax] in [0, 1]) and `source_id` (the index of the scan in
 `load_digits`). Train and test use disjoint scans; rendering is a pure function of
 (seed, split, example index), so rebuilding gives byte-identical records.
+
+Model selection: `train_fit` and `validation` partition `train` by target scan (no scan is
+the target of canvases in both; ~20% of train's scans validate). Their canvases are train's
+records, byte for byte, so `train` and `test` are unchanged; clutter fragments in all three
+are cut from the whole train pool (they carry no label).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ FRAGMENTS = (2, 4)  # Inclusive range of clutter fragments per canvas.
 FRAGMENT_FRACTION = (0.4, 0.7)  # A fragment's side as a fraction of its scaled digit.
 INK_THRESHOLD = 32  # uint8 level above which a target pixel counts as ink for the box.
 TEST_FRACTION = 0.2
+VALIDATION_FRACTION = 0.2  # Of train's scans.
 
 
 @dataclasses.dataclass
@@ -35,11 +41,19 @@ class ClutteredDigitsConfig(tfds.core.BuilderConfig):
 
 
 def source_split(seed: int = 0) -> dict[str, np.ndarray]:
-    """Disjoint, sorted `load_digits` indices for 'train' (~80%) and 'test' (~20%)."""
+    """Sorted `load_digits` indices: disjoint 'train' (~80%) and 'test' (~20%), and train's
+    partition into 'train_fit' and 'validation' (~20% of train)."""
     n = len(_digits()[0])
     perm = np.random.default_rng(seed).permutation(n)
     n_test = round(n * TEST_FRACTION)
-    return {"train": np.sort(perm[n_test:]), "test": np.sort(perm[:n_test])}
+    train = perm[n_test:]
+    n_val = round(len(train) * VALIDATION_FRACTION)
+    return {
+        "train": np.sort(train),
+        "test": np.sort(perm[:n_test]),
+        "train_fit": np.sort(train[n_val:]),
+        "validation": np.sort(train[:n_val]),
+    }
 
 
 def _digits() -> tuple[np.ndarray, np.ndarray]:
@@ -109,8 +123,11 @@ def render(
 class ClutteredDigits(tfds.core.GeneratorBasedBuilder):
     """Cluttered handwritten digits with target boxes; no download needed."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {
+        "1.0.0": "Initial release.",
+        "1.1.0": "train_fit and validation splits (train and test unchanged).",
+    }
     BUILDER_CONFIGS = [ClutteredDigitsConfig(name="default", description="48x48, seed 0.")]
 
     @tfds.core.utils.classproperty
@@ -138,16 +155,27 @@ class ClutteredDigits(tfds.core.GeneratorBasedBuilder):
         del dl_manager  # Everything ships with scikit-learn.
         cfg = self.builder_config
         ids = source_split(cfg.seed)
+        train = self._generate_examples(ids["train"], cfg.train_copies, 0)
         return {
-            "train": self._generate_examples(ids["train"], cfg.train_copies, 0),
+            "train": train,
             "test": self._generate_examples(ids["test"], cfg.test_copies, 1),
+            **{
+                name: self._generate_examples(ids["train"], cfg.train_copies, 0, ids[name])
+                for name in ("train_fit", "validation")
+            },
         }
 
-    def _generate_examples(self, ids: np.ndarray, copies: int, split_id: int):
+    def _generate_examples(
+        self, ids: np.ndarray, copies: int, split_id: int, targets: np.ndarray | None = None
+    ):
+        """Canvases of split `split_id` over scans `ids`; with `targets`, only those whose
+        target scan is in it (same keys and bytes as in the full split)."""
         images, labels = _digits()
         pool = images[ids]
         for i in range(len(ids) * copies):
             source = int(ids[i // copies])
+            if targets is not None and source not in targets:
+                continue
             rng = np.random.default_rng([self.builder_config.seed, split_id, i])
             image, _, box = render(images[source], pool, rng)
             yield (
