@@ -240,7 +240,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", required=True, help="results.jsonl and one dir per run")
     parser.add_argument("--config", default="default", help="a module of configs/")
-    parser.add_argument("--mse_weights", default=",".join(map(str, defaults.weights["mse"])))
+    parser.add_argument("--mse_weights", default=",".join(map(str, defaults.weights["mse"])),
+                        help="'' leaves HNC-mse out")  # fmt: skip
     parser.add_argument("--kd_weights", default=",".join(map(str, defaults.weights["kd"])))
     parser.add_argument("--k_values", default="1", help="k tried at each loss's best weight")
     parser.add_argument("--warmups", default="", help="hnc.weight_warmup_epochs to try")
@@ -252,19 +253,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--eval_batch_size", type=int, default=None, help="tiny runs only")
     parser.add_argument("--num_train_steps", type=int, default=None, help="tiny runs only")
     parser.add_argument("--report_only", action="store_true", help="tables and figure only")
+    parser.add_argument("--figure", default=None, help="default: <workdir>/hnc_sweep.png")
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, dict]:
     args = parse_args(argv)
     base = importlib.import_module(f"configs.{args.config}").get_config()
-    weights = {"mse": _floats(args.mse_weights), "kd": _floats(args.kd_weights)}
+    grid = {"mse": _floats(args.mse_weights), "kd": _floats(args.kd_weights)}
+    weights = {loss: ws for loss, ws in grid.items() if ws}  # An empty list drops the loss.
     k_values = tuple(int(k) for k in _floats(args.k_values))
     bad = [w for ws in weights.values() for w in ws if w <= 0] + [k for k in k_values if k < 1]
-    if bad or not all(weights.values()) or min(args.val_seeds, args.test_seeds) < 1:
+    if bad or not weights or min(args.val_seeds, args.test_seeds) < 1:
         raise ValueError(
-            f"need weights > 0 (at least one per loss), k >= 1 and seeds >= 1; got weights "
-            f"{weights}, k_values {k_values}, seeds {args.val_seeds}/{args.test_seeds}"
+            f"need weights > 0 (for at least one loss), k >= 1 and seeds >= 1; got weights "
+            f"{grid}, k_values {k_values}, seeds {args.val_seeds}/{args.test_seeds}"
         )
     plan = Plan(weights, base.hnc.k, k_values, _floats(args.warmups), args.val_seeds,
                 args.test_seeds, args.fit_split, args.val_split, args.train_split,
@@ -277,7 +280,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict]:
     from hnc_jax import sweep_report
 
     results = load_results(args.workdir)
-    sweep_report.write_report(results, plan, args.workdir)
+    sweep_report.write_report(results, plan, args.workdir, args.figure)
     return results
 
 

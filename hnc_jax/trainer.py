@@ -114,7 +114,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
     if start == 0:
         writer.write_hparams(dict(config.to_dict(), num_train_steps=job.total_steps))
-    train_step = train.make_train_step(config, job.model, job.tx, job.schedule, job.mesh)
+    train_step = train.make_train_step(
+        config, job.model, job.tx, job.schedule, job.mesh, job.epoch_steps
+    )
     eval_step = metrics.make_eval_step(job.model, job.mesh)
     predict = metrics.make_predict(job.model, job.mesh)
     log_every = config.log_every_steps

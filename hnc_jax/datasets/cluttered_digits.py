@@ -6,12 +6,13 @@ one target digit -- a real 8x8 handwritten scan from `sklearn.datasets.load_digi
 other scans of the same split. Every example carries the target's `label`, its tight ink
 `bbox` ([ymin, xmin, ymax, xmax] in [0, 1]) and `source_id` (the index of the scan in
 `load_digits`). Train and test use disjoint scans; rendering is a pure function of
-(seed, split, example index), so rebuilding gives byte-identical records.
+(seed, split, example index), so rebuilding gives the same records in the same order (the
+decoded features; protobuf may order a record's fields differently in another process).
 
 Model selection: `train_fit` and `validation` partition `train` by target scan (no scan is
-the target of canvases in both; ~20% of train's scans validate). Their canvases are train's
-records, byte for byte, so `train` and `test` are unchanged; clutter fragments in all three
-are cut from the whole train pool (they carry no label).
+the target of canvases in both; ~20% of train's scans validate). Their examples are train's
+(same keys, pixels, labels and boxes), and `train` and `test` are those of version 1.0.0;
+clutter fragments in all three are cut from the whole train pool (they carry no label).
 """
 
 from __future__ import annotations
