@@ -9,8 +9,9 @@ splits changed; it evaluates and checkpoints only at its last step. The stages:
 
 1. `val`: cross-entropy and every grid weight of HNC-mse and HNC-kd at the config's k,
    `--val_seeds` seeds each, trained on `--fit_split`, scored on `--val_split`.
-2. `val`: each HNC loss at its best grid weight (mean validation top-1) with the other k
-   values (`--k_values`) and weight warm-ups (`--warmups`).
+2. `val`: each HNC loss at its best grid weight (by mean validation top-1, or mAP on a
+   multi-label dataset) with the other k values (`--k_values`) and weight warm-ups
+   (`--warmups`).
 3. `test`: cross-entropy and each loss at its best validation setting, trained on
    `--train_split` with `--test_seeds` seeds, scored on `--test_split`; then `grid_test`: the
    models of stage 1 scored on the test split for the figure only (selection is already made,
@@ -95,17 +96,17 @@ def record_setting(record: dict) -> Setting:
     return Setting(record["loss"], record["weight"], record["k"], record["warmup"])
 
 
-def mean_top1(results: dict[str, dict], phase: str, setting: Setting, seeds: int) -> float | None:
-    """Mean top-1 of `setting`'s seeds 0..seeds-1 in `phase`; None until all are done."""
-    names = [Run(phase, setting, s).name for s in range(seeds)]
-    if not all(n in results for n in names):
-        return None
-    return float(np.mean([results[n]["top1"] for n in names]))
+def primary_metric(records: Sequence[dict]) -> str:
+    """What settings are selected and judged by: 'mAP' (multi-label records), else 'top1'."""
+    return "mAP" if any("mAP" in r for r in records) else "top1"
 
 
 def _argmax(results: dict[str, dict], settings: Sequence[Setting], seeds: int) -> Setting:
-    """The setting of best mean validation top-1 (the first on ties); all must be done."""
-    scores = [mean_top1(results, "val", s, seeds) for s in settings]
+    """The setting of best mean validation score over seeds 0..seeds-1 (the first on ties);
+    all must be done."""
+    key = primary_metric(list(results.values()))
+    names = [[Run("val", s, seed).name for seed in range(seeds)] for s in settings]
+    scores = [np.mean([results[n][key] for n in group]) for group in names]
     return settings[int(np.argmax(scores))]
 
 
@@ -184,11 +185,13 @@ def run_config(base: ml_collections.ConfigDict, run: Run, plan: Plan) -> ml_coll
 
 
 def measure(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-    """`cam.evaluate_cams` of the latest checkpoint of `workdir` on `config.eval_split`."""
-    from hnc_jax import cam, input_pipeline  # TensorFlow: only when running.
+    """The latest checkpoint of `workdir` on `config.eval_split`: `cam.evaluate_cams`, or
+    `multilabel.evaluate` (mAP, F1, ...) on a multi-label dataset."""
+    from hnc_jax import cam, input_pipeline, multilabel  # TensorFlow: only when running.
 
-    _, apply_fn = cam.restore_predictor(config, workdir)
-    return cam.evaluate_cams(apply_fn, input_pipeline.eval_iterator(config), k=config.hnc.k)
+    info, apply_fn = cam.restore_predictor(config, workdir)
+    evaluate = multilabel.evaluate if info.multi_label else cam.evaluate_cams
+    return evaluate(apply_fn, input_pipeline.eval_iterator(config), k=config.hnc.k)
 
 
 def execute(base: ml_collections.ConfigDict, run: Run, plan: Plan, workdir: str) -> dict:

@@ -27,11 +27,6 @@ TITLES = {
 }  # fmt: skip
 
 
-def primary_metric(records: Sequence[dict]) -> str:
-    """'mAP' for multi-label records, else 'top1': what settings are selected and judged by."""
-    return "mAP" if any("mAP" in r for r in records) else "top1"
-
-
 def compare(values: Sequence[float], baseline: Sequence[float], seed: int = 0) -> dict:
     """Mean difference `values - baseline`, its 95% bootstrap interval and Welch's p (nan
     with fewer than 2 values a side or no spread)."""
@@ -85,7 +80,7 @@ def validation_table(results: dict[str, dict]) -> str:
     if not groups:
         return "(no validation run finished yet)\n"
     records = [r for rs in groups.values() for r in rs]
-    main = primary_metric(records)
+    main = sweep.primary_metric(records)
     keys = _columns(records, main)
     lines = [
         "| loss | setting | seeds | "
@@ -110,7 +105,7 @@ def final_table(results: dict[str, dict]) -> str:
     if not groups:
         return "(no test run finished yet)\n"
     records = [r for rs in groups.values() for r in rs]
-    main = primary_metric(records)
+    main = sweep.primary_metric(records)
     keys = _columns(records, main)
     judged = [k for k in (main, "max_box_acc") if k in keys]
     ce = next((rs for s, rs in groups.items() if s.loss == "none"), None)
@@ -135,7 +130,7 @@ def sweep_figure(results: dict[str, dict], plan: sweep.Plan) -> Figure:
     selected settings (train split, more seeds) with their cross-entropy mean."""
     grid = "grid_test" if any(r["phase"] == "grid_test" for r in results.values()) else "val"
     records = [r for r in results.values() if r["phase"] in (grid, "test")]
-    main = primary_metric(records)
+    main = sweep.primary_metric(records)
     keys = [k for k in (main, "max_box_acc") if records and all(k in r for r in records)]
     losses = list(plan.weights)
     fig = Figure(figsize=(4.2 * len(losses), 3.0 * max(len(keys), 1)), dpi=100)

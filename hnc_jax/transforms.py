@@ -26,8 +26,9 @@ AREA_RANGE, ASPECT_RANGE = (0.08, 1.0), (3 / 4, 4 / 3)
 
 
 def normalization(dataset: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """(mean, std) per RGB channel, for images scaled to [0, 1]."""
-    return STATS.get(dataset, (IMAGENET_MEAN, IMAGENET_STD))
+    """(mean, std) per RGB channel, for images scaled to [0, 1]; a TFDS config or version
+    ('cluttered_digits/hard', 'cifar10:3.0.2') uses its dataset's."""
+    return STATS.get(dataset.split("/")[0].split(":")[0], (IMAGENET_MEAN, IMAGENET_STD))
 
 
 def random_window(shape: tf.Tensor, key: tf.Tensor) -> tf.Tensor:
