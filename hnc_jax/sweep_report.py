@@ -68,10 +68,13 @@ def _groups(results: dict[str, dict], phase: str) -> dict[sweep.Setting, list[di
     return out
 
 
-def _columns(records: Sequence[dict], main: str) -> list[str]:
+def _columns(groups: dict[sweep.Setting, list[dict]]) -> tuple[str, list[str]]:
+    """The main metric and the columns every record of `groups` has, main first."""
+    records = [r for rs in groups.values() for r in rs]
+    main = sweep.primary_metric(records)
     keys = [main, "f1", "max_box_acc", "gt_known_loc", "top1_loc", "neg_peak", "num_posi",
             "peak_on_clutter"]  # fmt: skip
-    return [k for k in dict.fromkeys(keys) if all(k in r for r in records)]
+    return main, [k for k in dict.fromkeys(keys) if all(k in r for r in records)]
 
 
 def validation_table(results: dict[str, dict]) -> str:
@@ -79,9 +82,7 @@ def validation_table(results: dict[str, dict]) -> str:
     groups = _groups(results, "val")
     if not groups:
         return "(no validation run finished yet)\n"
-    records = [r for rs in groups.values() for r in rs]
-    main = sweep.primary_metric(records)
-    keys = _columns(records, main)
+    main, keys = _columns(groups)
     lines = [
         "| loss | setting | seeds | "
         + " | ".join(TITLES[k] for k in keys)
@@ -104,9 +105,7 @@ def final_table(results: dict[str, dict]) -> str:
     groups = _groups(results, "test")
     if not groups:
         return "(no test run finished yet)\n"
-    records = [r for rs in groups.values() for r in rs]
-    main = sweep.primary_metric(records)
-    keys = _columns(records, main)
+    main, keys = _columns(groups)
     judged = [k for k in (main, "max_box_acc") if k in keys]
     ce = next((rs for s, rs in groups.items() if s.loss == "none"), None)
     header = ["loss", "setting", "seeds", *(TITLES[k] for k in keys)]
