@@ -72,7 +72,7 @@ def _columns(groups: dict[sweep.Setting, list[dict]]) -> tuple[str, list[str]]:
     """The main metric and the columns every record of `groups` has, main first."""
     records = [r for rs in groups.values() for r in rs]
     main = sweep.primary_metric(records)
-    keys = [main, "f1", "max_box_acc", "gt_known_loc", "top1_loc", "neg_peak", "num_posi",
+    keys = [main, "f1", "top1", "max_box_acc", "gt_known_loc", "top1_loc", "neg_peak", "num_posi",
             "peak_on_clutter"]  # fmt: skip
     return main, [k for k in dict.fromkeys(keys) if all(k in r for r in records)]
 
