@@ -16,6 +16,7 @@ import sys
 
 import jax
 from absl import app, flags, logging
+from etils import epath
 from ml_collections import config_flags
 
 flags.DEFINE_string("workdir", None, "Checkpoints and TensorBoard events go here.")
@@ -60,11 +61,13 @@ def main(argv: list[str]) -> None:
         if FLAGS.mode == "train":
             result = trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
         elif FLAGS.mode == "cam":
-            from hnc_jax import cam
+            from hnc_jax import inference
 
-            out = FLAGS.out or os.path.join(FLAGS.workdir, "cams.png")
+            out = FLAGS.out or str(epath.Path(FLAGS.workdir) / "cams.png")
             args = (FLAGS.config, FLAGS.workdir, FLAGS.images, FLAGS.num_images, out)
-            print(f"wrote {cam.render_from_workdir(*args)}")
+            path = inference.render_cams(*args)
+            if jax.process_index() == 0:
+                print(f"wrote {path}")
             return
         else:
             result = trainer.evaluate_checkpoint(FLAGS.config, FLAGS.workdir, FLAGS.checkpoint)

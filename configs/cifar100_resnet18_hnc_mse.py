@@ -4,8 +4,8 @@ crop padding). TFDS downloads CIFAR-100 (160 MB) on first use.
     python main.py --workdir=workdir/cifar100 --config=configs/cifar100_resnet18_hnc_mse.py
 
 Not in the paper; lambda and k are starting points, not tuned results. Baseline:
-`--config.hnc.loss=none`. Cost: about 0.56 GFLOPs per 32x32 image forward: an hour or two
-on one modern GPU.
+`--config.hnc.loss=none`. Devices: 1 (one GPU). Cost: about 0.56 GFLOPs per 32x32 image forward: an
+hour or two on one modern GPU.
 """
 
 import ml_collections

@@ -6,6 +6,7 @@
 
 reads `/data/myset/train/<class>/*.jpg` and `/data/myset/val/<class>/*.jpg`; k must stay
 below the number of classes (`--config.hnc.k=...`). Same recipe as the CUB config.
+Devices: 1 (one GPU).
 """
 
 import ml_collections

@@ -3,7 +3,8 @@ recipe") with cross-entropy only; the configs named after a model and loss adjus
 
 120 epochs, global batch 256, SGD lr 0.1 momentum 0.9, weight decay 1e-4 on every parameter
 (coupled), lr x0.1 at epochs 30, 60 and 90, no warm-up, random-resized crop without flip,
-224x224, per-device BatchNorm statistics. The data must be prepared in TFDS format (see
+224x224, per-device BatchNorm statistics. Devices: 8 (8 GPUs, as the original, or an
+8-chip TPU slice such as a v5e-8). The data must be prepared in TFDS format (see
 README, "ImageNet"); point `--config.data_dir` at it (a local path or gs://).
 """
 

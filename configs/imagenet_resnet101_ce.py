@@ -4,7 +4,7 @@
         --config=configs/imagenet_resnet101_ce.py --config.data_dir=gs://BUCKET/tfds
 
 Any HNC config becomes its baseline with `--config.hnc.loss=none` (or `--config.hnc.weight=0`);
-for ResNet-152 add `--config.model=resnet152`.
+for ResNet-152 add `--config.model=resnet152`. Devices: 8 (8 GPUs or an 8-chip TPU slice).
 """
 
 from configs import imagenet_base

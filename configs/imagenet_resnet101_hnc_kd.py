@@ -2,6 +2,8 @@
 
     python main.py --workdir=gs://BUCKET/r101_hnc_kd \
         --config=configs/imagenet_resnet101_hnc_kd.py --config.data_dir=gs://BUCKET/tfds
+
+Devices: 8 (8 GPUs as the original, or an 8-chip TPU slice).
 """
 
 from configs import imagenet_base

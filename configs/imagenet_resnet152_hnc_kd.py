@@ -2,6 +2,8 @@
 
     python main.py --workdir=gs://BUCKET/r152_hnc_kd \
         --config=configs/imagenet_resnet152_hnc_kd.py --config.data_dir=gs://BUCKET/tfds
+
+Devices: 8 (8 GPUs as the original, or an 8-chip TPU slice).
 """
 
 from configs import imagenet_base

@@ -3,7 +3,8 @@
     python main.py --workdir=gs://BUCKET/r152_hnc_mse \
         --config=configs/imagenet_resnet152_hnc_mse.py --config.data_dir=gs://BUCKET/tfds
 
-Cost: about 1.5x ResNet-101's (11.5 GFLOPs per image forward).
+Devices: 8 (8 GPUs as the original, or an 8-chip TPU slice). Cost: about 1.5x ResNet-101's
+(11.5 GFLOPs per image forward).
 """
 
 from configs import imagenet_base

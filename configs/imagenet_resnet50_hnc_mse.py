@@ -3,7 +3,8 @@
     python main.py --workdir=gs://BUCKET/r50_hnc_mse \
         --config=configs/imagenet_resnet50_hnc_mse.py --config.data_dir=gs://BUCKET/tfds
 
-About 4.1 GFLOPs per image forward (half of ResNet-101).
+Devices: 8 (8 GPUs or an 8-chip TPU slice). About 4.1 GFLOPs per image forward (half of
+ResNet-101).
 """
 
 from configs import imagenet_base

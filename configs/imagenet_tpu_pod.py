@@ -9,8 +9,11 @@ bfloat16 compute and input, step decay at 30/60/90 epochs. Per-device BatchNorm 
       .venv/bin/python main.py --workdir=gs://BUCKET/r101_pod \
       --config=configs/imagenet_tpu_pod.py --config.data_dir=gs://BUCKET/tfds"
 
-Override `--config.batch_size` and the learning rate follows unless it is set too
-(`--config.optimizer.learning_rate`).
+Devices: 32 (a v4-64 has 32 chips, one JAX device each). Other slices: 256 images per 8 chips,
+e.g. `--config.batch_size=2048` on a v4-128 (64 devices) or `--config.batch_size=8192` on a
+v5e-256 (256 devices); the learning rate follows the batch size unless it is set too
+(`--config.optimizer.learning_rate`). eval_batch_size 1024 divides every slice up to 1024
+chips.
 """
 
 import ml_collections
@@ -25,7 +28,7 @@ def get_config() -> ml_collections.ConfigDict:
     config = imagenet_base.with_hnc(imagenet_base.get_config(), "mse", 0.07)
     config.half_precision = True
     config.batch_size = BASE_BATCH * CHIPS // 8
-    config.eval_batch_size = 1000
+    config.eval_batch_size = 1024  # 50,000 = 48 x 1024 + padding; divides 8 ... 1024 chips.
     # The lr follows --config.batch_size (a FieldReference), unless set explicitly.
     config.optimizer.learning_rate = config.get_ref("batch_size").to_float() * (
         BASE_LR / BASE_BATCH

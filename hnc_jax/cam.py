@@ -20,13 +20,14 @@ Metrics are numpy (connected components need scipy); the model call is JAX.
 
 from __future__ import annotations
 
-import os
+import io
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
@@ -339,9 +340,12 @@ def render_overlays(
     boxes: Array | None = None,
     threshold: float = 0.2,
 ) -> str:
-    """Writes `overlay_figure(...)` as a PNG of (B * 160) x ((k + 2) * 160) pixels; returns path."""
+    """Writes `overlay_figure(...)` as a PNG of (B * 160) x ((k + 2) * 160) pixels to `path`
+    (a local path or a URL); returns `path`."""
     fig = overlay_figure(images, cams, logits, labels, class_names, k, boxes, threshold)
-    fig.savefig(path, dpi=DPI, format="png")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=DPI, format="png")
+    epath.Path(path).write_bytes(buffer.getvalue())
     return path
 
 
@@ -350,81 +354,3 @@ def figure_to_array(fig: Figure) -> np.ndarray:
     canvas = FigureCanvasAgg(fig)
     canvas.draw()
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
-
-
-def load_images(paths: Sequence[str], config: Any) -> np.ndarray:
-    """Image files -> (N, S, S, 3) batches as the eval pipeline makes them (`config.image_dtype`):
-    whole and resized for small-image datasets (side `config.image_size` <= 64), else the
-    central crop."""
-    import tensorflow as tf  # Only the CLI needs TensorFlow here.
-
-    from hnc_jax import input_pipeline, transforms
-
-    out = []
-    for path in paths:
-        if not tf.io.gfile.exists(path):
-            raise FileNotFoundError(f"image file not found: {path}")
-        data = tf.io.read_file(path)
-        if config.image_size <= input_pipeline.SMALL_IMAGE:
-            image = transforms.decode_small(data, config.image_size)
-        else:
-            key = tf.zeros([2], tf.int64)
-            image, _ = transforms.decode_crop_resize(data, tf.zeros([4]), config.image_size,
-                                                     False, key)  # fmt: skip
-        out.append(transforms.finish(image, config.image_dtype, config.dataset).numpy())
-    return np.stack(out)
-
-
-def restore_predictor(config: Any, workdir: str) -> tuple[Any, Any]:
-    """(dataset info, `apply_fn(images) -> (logits, cams)` as numpy) for the latest
-    checkpoint of `workdir`; one process. Raises ValueError when there is no checkpoint."""
-    # Imported here: the trainer imports TensorFlow, and its metrics module imports this one.
-    from hnc_jax import checkpoints, metrics, train, trainer
-
-    manager = None
-    if os.path.isdir(checkpoints.checkpoint_dir(workdir)):
-        manager = checkpoints.create_manager(workdir, config.keep_checkpoints, read_only=True)
-    if manager is None or manager.latest_step() is None:
-        raise ValueError(f"no checkpoint in {checkpoints.checkpoint_dir(workdir)}")
-    job = trainer.setup(config)
-    step = manager.latest_step()
-    state = checkpoints.restore(manager, step, job.state)
-    manager.close()
-    predict = metrics.make_predict(job.model, job.mesh)
-
-    def apply_fn(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        sharded = train.shard_batch(job.mesh, {"image": np.asarray(images)})["image"]
-        return jax.device_get(predict(state, sharded))
-
-    return job.info, apply_fn
-
-
-def render_from_workdir(
-    config: Any, workdir: str, images: Sequence[str] | None, num_eval: int, out: str, k: int = 3
-) -> str:
-    """Renders `overlay_figure` for the latest checkpoint of `workdir` to the PNG `out`:
-    for the image files `images` (no labels: the top-1 class stands in for the true one), or
-    else for the first `num_eval` eval images (with their labels and boxes)."""
-    from hnc_jax import input_pipeline
-
-    if not images and num_eval <= 0:
-        raise ValueError(f"give image files or num_eval > 0, got num_eval={num_eval}")
-    info, apply_fn = restore_predictor(config, workdir)
-    k = min(k, info.num_classes - 1)
-    if images:
-        pixels = load_images(images, config)
-        logits, cams = apply_fn(pixels)
-        return render_overlays(pixels, cams, logits, None, info.class_names, k, out)
-    parts: dict[str, list[np.ndarray]] = {"image": [], "label": [], "box": []}
-    for batch in input_pipeline.eval_iterator(config):
-        keep = np.asarray(batch["mask"], bool)
-        for key in parts:
-            if key in batch:
-                parts[key].append(batch[key][keep])
-        if sum(len(p) for p in parts["image"]) >= num_eval:
-            break
-    pixels = np.concatenate(parts["image"])[:num_eval]
-    logits, cams = apply_fn(pixels)
-    labels = None if info.multi_label else np.concatenate(parts["label"])[:num_eval]
-    boxes = np.concatenate(parts["box"])[:num_eval] if parts["box"] else None
-    return render_overlays(pixels, cams, logits, labels, info.class_names, k, out, boxes)

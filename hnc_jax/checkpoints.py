@@ -3,8 +3,11 @@ best by eval top-1 (one manager, two preservation policies), restore of the late
 
 A checkpoint is the whole `TrainState` (step, params, batch_stats, opt_state); steps saved
 after an evaluation carry its metrics (`eval/top1`, ...), which rank them for "best".
-`init_from` starts a new run from the weights of a torchvision `.pth` file or of another
-run's latest checkpoint.
+Restores always name their target's shapes, dtypes and shardings, so a checkpoint written
+on one device count restores on another. `init_from` starts a new run from the weights of a
+torchvision `.pth` file or of another run's latest checkpoint.
+
+Workdirs may be URLs (`gs://bucket/run`): paths go through `etils.epath`, as orbax's own.
 """
 
 import os
@@ -19,15 +22,21 @@ from hnc_jax import convert
 BEST_METRIC = "eval/top1"
 
 
-def checkpoint_dir(workdir: str) -> str:
-    return os.path.join(os.path.abspath(workdir), "checkpoints")
+def checkpoint_dir(workdir: str | os.PathLike) -> epath.Path:
+    """`<workdir>/checkpoints`, absolute (orbax needs it) unless `workdir` is a URL."""
+    path = epath.Path(workdir).expanduser()
+    if "://" not in os.fspath(workdir):
+        path = path.absolute()
+    return path / "checkpoints"
 
 
 def _best_metric(metrics: dict[str, float]) -> float:
     return metrics[BEST_METRIC]
 
 
-def create_manager(workdir: str, keep: int, read_only: bool = False) -> ocp.CheckpointManager:
+def create_manager(
+    workdir: str | os.PathLike, keep: int, read_only: bool = False
+) -> ocp.CheckpointManager:
     """Keeps the `keep` latest steps and the one with the highest eval top-1."""
     policy = ocp.checkpoint_managers.AnyPreservationPolicy(
         [
@@ -62,20 +71,26 @@ def restore(manager: ocp.CheckpointManager, step: int, target):
     return manager.restore(step, args=ocp.args.StandardRestore(abstract))
 
 
-def load_variables(path: str) -> dict:
+def load_variables(path: str | os.PathLike, sharding: jax.sharding.Sharding) -> dict:
     """{'params', 'batch_stats'} of the latest checkpoint of a workdir (or its checkpoints/
-    directory) of this project, as saved (any model and class count)."""
+    directory) of this project, as saved (any model and class count), placed with `sharding`
+    (e.g. replicated over this run's mesh: the saving run's devices may not exist here)."""
     directory = epath.Path(path)
     if directory.name != "checkpoints":
-        directory = directory / "checkpoints"
+        directory = checkpoint_dir(path)
     if not directory.is_dir():
         raise FileNotFoundError(f"init_from: no checkpoints directory at {directory}")
     options = ocp.CheckpointManagerOptions(read_only=True, create=False)
-    with ocp.CheckpointManager(directory, options=options) as manager:
+    handler = ocp.StandardCheckpointHandler()
+    with ocp.CheckpointManager(directory, options=options, item_handlers=handler) as manager:
         step = manager.latest_step()
         if step is None:
             raise ValueError(f"init_from: no checkpoint in {directory}")
-        restored = manager.restore(step, args=ocp.args.StandardRestore())
+        saved = manager.item_metadata(step).tree
+        target = jax.tree.map(
+            lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding), saved
+        )
+        restored = manager.restore(step, args=ocp.args.StandardRestore(target))
     return {"params": restored["params"], "batch_stats": restored["batch_stats"]}
 
 
@@ -87,7 +102,7 @@ def init_from(path: str, state, num_classes: int):
     if str(path).endswith((".pth", ".pt")):
         merged = convert.load_pretrained(path, variables, num_classes)
     else:
-        imported = load_variables(path)
+        imported = load_variables(path, state.step.sharding)
         merged = convert.merge_pretrained(variables, imported, num_classes, f"{path}, which")
 
     def place(new, old):  # Works on every process of a multi-host run alike.

@@ -126,23 +126,22 @@ def make_probe(config: ml_collections.ConfigDict, model: Any) -> Any:
 def trace(config: ml_collections.ConfigDict, every: int = 5) -> dict:
     """Trains `config` as the trainer does (no checkpoints) and probes every `every` steps;
     returns {'config', 'records': [...], 'eval': final eval metrics}."""
-    from hnc_jax import input_pipeline, metrics, train, trainer  # TensorFlow: only here.
+    from hnc_jax import evaluation, input_pipeline, job, train  # TensorFlow: only here.
 
-    job = trainer.setup(config)
-    if job.mesh.size != 1:
-        raise ValueError(f"the probe runs on one device; got {job.mesh.size}")
-    step_fn = train.make_train_step(
-        config, job.model, job.tx, job.schedule, job.mesh, job.epoch_steps
-    )
-    probe = make_probe(config, job.model)
-    weight_at = train.hnc_weight(config, job.epoch_steps)
-    iterator = input_pipeline.train_iterator(config)
-    state, records = job.state, []
-    for step in range(job.total_steps):
+    run = job.build(config)
+    if run.mesh.size != 1:
+        raise ValueError(f"the probe runs on one device; got {run.mesh.size}")
+    args = (config, run.model, run.tx, run.schedule, run.mesh)
+    step_fn = train.make_train_step(*args, epoch_steps=run.epoch_steps)
+    probe = make_probe(config, run.model)
+    weight_at = train.hnc_weight(config, run.epoch_steps)
+    iterator = input_pipeline.train_iterator(run.dataset, config)
+    state, records = run.state, []
+    for step in range(run.total_steps):
         local = next(iterator)
-        batch = train.shard_batch(job.mesh, {k: local[k] for k in ("image", "label")})
+        batch = train.shard_batch(run.mesh, {k: local[k] for k in ("image", "label")})
         record = None
-        if step % every == 0 or step == job.total_steps - 1:
+        if step % every == 0 or step == run.total_steps - 1:
             record = probe(state, batch["image"], batch["label"], jnp.asarray(local["box"]))
         state, step_metrics = step_fn(state, batch)
         if record is not None:
@@ -150,8 +149,8 @@ def trace(config: ml_collections.ConfigDict, every: int = 5) -> dict:
             host = jax.device_get({**record, **step_metrics})
             records.append({"step": step, "weight": float(weight) * train.hnc_enabled(config),
                             **{k: float(v) for k, v in host.items()}})  # fmt: skip
-    eval_step = metrics.make_eval_step(job.model, job.mesh)
-    result = metrics.evaluate(eval_step, state, config, job.mesh)
+    eval_step = evaluation.make_eval_step(run.model, run.mesh)
+    result = evaluation.evaluate(eval_step, state, run.dataset, config, run.mesh)
     return {"config": json.loads(config.to_json()), "records": records, "eval": result}
 
 

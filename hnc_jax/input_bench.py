@@ -28,7 +28,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from hnc_jax import transforms
+from hnc_jax import image_stats, transforms
 
 
 def write_jpegs(folder: Path, count: int, seed: int = 0) -> list[bytes]:
@@ -87,8 +87,8 @@ def _rrc_params(width: int, height: int, rng: random.Random) -> tuple[int, int, 
 def pil_round(data: list[bytes], size: int) -> tuple[int, float]:
     """(images, CPU seconds) for one pass of the PIL loop."""
     rng = random.Random(0)
-    mean = np.array(transforms.IMAGENET_MEAN, np.float32)
-    std = np.array(transforms.IMAGENET_STD, np.float32)
+    mean = np.array(image_stats.IMAGENET_MEAN, np.float32)
+    std = np.array(image_stats.IMAGENET_STD, np.float32)
     start = time.process_time()
     for raw in data:
         image = Image.open(io.BytesIO(raw)).convert("RGB")

@@ -17,6 +17,10 @@ a shuffle buffer seeded by (seed, p, e); example i of that epoch is augmented wi
 ops keyed by (seed, p, e, i). Steps never straddle epochs (the remainder is dropped), so the
 batch at step s is a pure function of (seed, s) and a resumed run skips the first records of
 its epoch without decoding them.
+
+Use: `num_classes(config)` (metadata only, for config checks), then `dataset = load(config)`
+once per run, passed to `train_iterator(dataset, config, start_step)` and
+`eval_iterator(dataset, config)`.
 """
 
 from __future__ import annotations
@@ -52,8 +56,9 @@ class DatasetInfo:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Source:
-    """Where the records come from: a TFDS builder, or (paths, labels) per folder split."""
+class Dataset:
+    """A validated, prepared dataset (`load`): its info and where its records come from, a
+    TFDS builder or the (paths, labels) of each image-folder split, listed once."""
 
     info: DatasetInfo
     small: bool
@@ -63,7 +68,7 @@ class _Source:
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
-    """Raises ValueError (one line) for a config the pipeline cannot serve."""
+    """Raises ValueError (one line) for a config the pipeline cannot serve; reads no data."""
     name = config.dataset
     if name == "image_folder":
         root = config.get("image_folder")
@@ -88,14 +93,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
             f"unknown image_dtype {config.image_dtype!r}; allowed: "
             + ", ".join(transforms.IMAGE_DTYPES)
         )
-    devices = jax.device_count()
-    for field in ("batch_size", "eval_batch_size"):
-        size = config[field]
-        if size <= 0 or size % devices:
-            raise ValueError(
-                f"{field}={size} must be a positive multiple of the "
-                f"{devices} devices (jax.device_count())"
-            )
 
 
 def process_split(
@@ -129,12 +126,14 @@ def _missing_message(builder: tfds.core.DatasetBuilder) -> str:
 
 
 def _builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
-    builder = tfds.builder(config.dataset, data_dir=config.get("data_dir"))
+    return tfds.builder(config.dataset, data_dir=config.get("data_dir"))
+
+
+def _prepare(builder: tfds.core.DatasetBuilder) -> None:
     if not builder.is_prepared():
         if builder.MANUAL_DOWNLOAD_INSTRUCTIONS:
             raise FileNotFoundError(_missing_message(builder))
         builder.download_and_prepare()  # Seconds for cluttered_digits; downloads otherwise.
-    return builder
 
 
 def _label_spec(features: tfds.features.FeaturesDict) -> tuple[str, tfds.features.ClassLabel]:
@@ -163,12 +162,15 @@ def _num_examples(builder: tfds.core.DatasetBuilder, split: tfds.typing.SplitArg
         return n if n >= 0 else int(ds.reduce(0, lambda count, _: count + 1))
 
 
-def _folder_source(config: ml_collections.ConfigDict) -> _Source:
+def _folder_classes(config: ml_collections.ConfigDict) -> list[str]:
+    root = f"{config.image_folder}/{config.train_split}"
+    names = sorted(tf.io.gfile.listdir(root))
+    return [c.rstrip("/") for c in names if tf.io.gfile.isdir(f"{root}/{c.rstrip('/')}")]
+
+
+def _folder_dataset(config: ml_collections.ConfigDict) -> Dataset:
     root = config.image_folder
-    classes = sorted(tf.io.gfile.listdir(f"{root}/{config.train_split}"))
-    classes = [
-        c.rstrip("/") for c in classes if tf.io.gfile.isdir(f"{root}/{config.train_split}/{c}")
-    ]
+    classes = _folder_classes(config)
     files = {}
     for split in (config.train_split, config.eval_split):
         paths, labels = [], []
@@ -187,13 +189,18 @@ def _folder_source(config: ml_collections.ConfigDict) -> _Source:
         classes,
         False,
     )
-    return _Source(info=info, small=False, files=files)
+    return Dataset(info=info, small=False, files=files)
 
 
-def _source(config: ml_collections.ConfigDict) -> _Source:
+def load(config: ml_collections.ConfigDict) -> Dataset:
+    """The configured dataset, validated and ready to read: prepares it (cluttered_digits is
+    built in seconds; a missing manual download raises FileNotFoundError, one line) or lists
+    the image folders, once per run. Pass it to `train_iterator` and `eval_iterator`."""
+    validate(config)
     if config.dataset == "image_folder":
-        return _folder_source(config)
+        return _folder_dataset(config)
     builder = _builder(config)
+    _prepare(builder)
     features = builder.info.features
     label_key, label = _label_spec(features)
     shape = features["image"].shape
@@ -208,23 +215,26 @@ def _source(config: ml_collections.ConfigDict) -> _Source:
         and isinstance(features["bbox"], tfds.features.BBoxFeature),
     )
     small = None not in shape[:2] and max(shape[:2]) <= SMALL_IMAGE
-    return _Source(info=info, small=small, builder=builder, label_key=label_key)
+    return Dataset(info=info, small=small, builder=builder, label_key=label_key)
 
 
-def get_info(config: ml_collections.ConfigDict) -> DatasetInfo:
-    """Names, sizes and label kind of the configured dataset (prepares cluttered_digits)."""
+def num_classes(config: ml_collections.ConfigDict) -> int:
+    """The class count from the dataset's metadata (or its train folder's class folders):
+    prepares, downloads and decodes nothing, so that configs are checked first."""
     validate(config)
-    return _source(config).info
+    if config.dataset == "image_folder":
+        return len(_folder_classes(config))
+    return _label_spec(_builder(config).info.features)[1].num_classes
 
 
 def _records(
-    source: _Source, split: str, drop_remainder: bool, seed: int | None, buffer: int
+    dataset: Dataset, split: str, drop_remainder: bool, seed: int | None, buffer: int
 ) -> tuple[tf.data.Dataset, int]:
     """This process's records {'image': encoded bytes, 'label', ['bbox']} and their count;
     shuffled (files and a `buffer`, or a full permutation for folders) when `seed` is set."""
     index, count = jax.process_index(), jax.process_count()
-    if source.files is not None:
-        paths, labels = source.files[split]
+    if dataset.files is not None:
+        paths, labels = dataset.files[split]
         start, end = shard_bounds(len(paths), index, count, drop_remainder)
         order = np.arange(start, end)
         if seed is not None:
@@ -236,7 +246,7 @@ def _records(
             }
         )
         return ds.map(lambda r: {**r, "image": tf.io.read_file(r["image"])}), len(order)
-    builder = source.builder
+    builder = dataset.builder
     part = process_split(split, index, count, drop_remainder)
     read_config = tfds.ReadConfig(shuffle_seed=seed, try_autocache=False)
     ds = builder.as_dataset(
@@ -245,17 +255,19 @@ def _records(
         read_config=read_config,
         decoders={"image": tfds.decode.SkipDecoding()},
     )
-    num_classes, key = source.info.num_classes, source.label_key
+    num_classes, key = dataset.info.num_classes, dataset.label_key
 
     def select(ex):
         out = {"image": ex["image"]}
-        if source.info.multi_label:
+        if dataset.info.multi_label:
             labels = ex[key.split("/")[0]][key.split("/")[1]] if "/" in key else ex[key]
-            out["label"] = tf.reduce_max(tf.one_hot(labels, num_classes), axis=0)
+            # A sum, not a max: an image without objects has an all-zero row (the max over
+            # no rows is -inf).
+            out["label"] = tf.minimum(tf.reduce_sum(tf.one_hot(labels, num_classes), 0), 1.0)
             out["label"] = tf.ensure_shape(out["label"], [num_classes])
         else:
             out["label"] = ex[key]
-        if source.info.has_boxes:
+        if dataset.info.has_boxes:
             out["bbox"] = ex["bbox"]
         return out
 
@@ -266,14 +278,14 @@ def _records(
     return ds, n
 
 
-def _preprocess(config, source: _Source, train: bool):
+def _preprocess(config, dataset: Dataset, train: bool):
     """Returns fn(record, key) -> {'image' (S, S, 3), 'label', ['box' (4,)]}."""
     size, aug = config.image_size, config.augment
 
     def fn(record, key):
         crop_key, flip_key = tf.unstack(tf.random.experimental.stateless_split(key, 2))
         box = record.get("bbox", tf.zeros([4]))
-        if source.small:
+        if dataset.small:
             image = transforms.decode_small(record["image"], size)
             if train and aug.crop_padding:
                 image, box = transforms.pad_crop(image, box, aug.crop_padding, crop_key)
@@ -287,9 +299,9 @@ def _preprocess(config, source: _Source, train: bool):
         label = record["label"]
         out = {
             "image": image,
-            "label": label if source.info.multi_label else tf.cast(label, tf.int32),
+            "label": label if dataset.info.multi_label else tf.cast(label, tf.int32),
         }
-        if source.info.has_boxes:
+        if dataset.info.has_boxes:
             out["box"] = box
         return out
 
@@ -313,7 +325,7 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 
 def train_iterator(
-    config: ml_collections.ConfigDict, start_step: int = 0
+    dataset: Dataset, config: ml_collections.ConfigDict, start_step: int = 0
 ) -> Iterator[dict[str, np.ndarray]]:
     """Infinite stream of this process's part of each global train batch, from `start_step`.
 
@@ -321,21 +333,19 @@ def train_iterator(
     float32/bfloat16), 'label': (B_local,) int32 or
     (B_local, C) float32, ['box': (B_local, 4) float32]}, B_local = batch_size / processes.
     """
-    validate(config)
-    source = _source(config)
     batch = _local_batch(config, "batch_size")
     buffer = config.get("shuffle_buffer_size", SHUFFLE_BUFFER)
-    _, n = _records(source, config.train_split, True, None, buffer)
+    _, n = _records(dataset, config.train_split, True, None, buffer)
     steps_per_epoch = n // batch
     if steps_per_epoch == 0:
         raise ValueError(
             f"batch_size={config.batch_size} exceeds the {n} train examples of each process"
         )
     epoch, offset = divmod(start_step, steps_per_epoch)
-    preprocess = _preprocess(config, source, train=True)
+    preprocess = _preprocess(config, dataset, train=True)
     while True:
         seed = epoch_seed(config.seed, epoch)
-        records, _ = _records(source, config.train_split, True, seed, buffer)
+        records, _ = _records(dataset, config.train_split, True, seed, buffer)
         ds = records.take(steps_per_epoch * batch).enumerate().skip(offset * batch)
         key = tf.constant([config.seed, seed], tf.int64)
         ds = ds.map(
@@ -354,22 +364,22 @@ def num_eval_steps(config: ml_collections.ConfigDict, num_eval: int) -> int:
     )
 
 
-def eval_iterator(config: ml_collections.ConfigDict) -> Iterator[dict[str, np.ndarray]]:
+def eval_iterator(
+    dataset: Dataset, config: ml_collections.ConfigDict
+) -> Iterator[dict[str, np.ndarray]]:
     """One pass over this process's part of the eval split, in order, padded to whole batches.
 
     Yields train_iterator's keys plus 'mask' (B_local,) bool, False on padding; every process
     yields the same number of batches and every eval example is unmasked exactly once.
     """
-    validate(config)
-    source = _source(config)
     batch = _local_batch(config, "eval_batch_size")
-    records, _ = _records(source, config.eval_split, False, None, 0)
-    preprocess = _preprocess(config, source, train=False)
+    records, _ = _records(dataset, config.eval_split, False, None, 0)
+    preprocess = _preprocess(config, dataset, train=False)
     key = tf.zeros([2], tf.int64)  # Unused by the deterministic eval transform.
     ds = records.map(
         lambda r: {**preprocess(r, key), "mask": True}, num_parallel_calls=tf.data.AUTOTUNE
     )
     padding = tf.nest.map_structure(lambda s: tf.zeros(s.shape, s.dtype), ds.element_spec)
     ds = ds.concatenate(tf.data.Dataset.from_tensors(padding).repeat())
-    ds = ds.take(num_eval_steps(config, source.info.num_eval) * batch).batch(batch)
+    ds = ds.take(num_eval_steps(config, dataset.info.num_eval) * batch).batch(batch)
     yield from ds.prefetch(tf.data.AUTOTUNE).with_options(_options()).as_numpy_iterator()

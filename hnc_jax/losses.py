@@ -92,16 +92,25 @@ def select_hard_negatives(scores: Array, labels: Array, k: int) -> tuple[Array, 
     return idx.astype(jnp.int32), valid
 
 
-def hnc_mse_selected(cams: Array, valid: Array, alpha: float = 0.0) -> Array:
+def hnc_mse_selected(
+    cams: Array, valid: Array, alpha: float = 0.0, axis_name: str | None = None
+) -> Array:
     """Mean of (M - alpha)^2 over the valid selected maps and their H*W positions.
 
-    cams: (B, H, W, k) selected CAMs; valid: (B, k) bool.
+    cams: (B, H, W, k) selected CAMs; valid: (B, k) bool. With `axis_name` (inside
+    shard_map, the batch split over that axis) it returns this device's sum times the device
+    count over the global count of valid maps, so that the mean over devices of the result is
+    the global HNC-mse even when the devices' counts differ (multi-hot labels).
     """
     cams = cams.astype(jnp.float32)
     per_map = jnp.sum(jnp.square(cams - alpha), axis=(1, 2))
     height, width = cams.shape[1:3]
-    count = jnp.maximum(jnp.sum(valid), 1) * (height * width)
-    return jnp.sum(jnp.where(valid, per_map, 0.0)) / count
+    total = jnp.sum(jnp.where(valid, per_map, 0.0))
+    if axis_name is None:
+        return total / (jnp.maximum(jnp.sum(valid), 1) * (height * width))
+    num_valid = jax.lax.psum(jnp.sum(valid), axis_name)
+    devices = jax.lax.axis_size(axis_name)
+    return devices * total / (jnp.maximum(num_valid, 1) * (height * width))
 
 
 def hnc_kd_selected(cams: Array, valid: Array, temperature: float = 1.0) -> Array:
@@ -178,13 +187,15 @@ def hnc_from_features(
     k: int,
     alpha: float = 0.0,
     temperature: float = 1.0,
+    axis_name: str | None = None,
 ) -> Array:
     """The training path: `hnc_mse`/`hnc_kd` of the full CAMs, from k maps only.
 
     Selects the hard negatives from `logits` (B, C) (= mean_hw of the CAMs), then builds
     their CAMs from `features` (B, H, W, D), `kernel` (D, C) and `bias` (C,).
     Same value and gradient as `hnc_mse(features @ kernel + bias, labels, k, alpha)`
-    (or `hnc_kd`) up to float rounding.
+    (or `hnc_kd`) up to float rounding. `axis_name`: see `hnc_mse_selected` (HNC-kd's
+    per-device sums over B_local already average to the global value).
     """
     if loss not in HNC_LOSSES:
         raise ValueError(f"unknown HNC loss {loss!r}; allowed: {', '.join(HNC_LOSSES)}")
@@ -194,7 +205,7 @@ def hnc_from_features(
     idx, valid = select_hard_negatives(logits, labels, k)
     maps = selected_cams(features, kernel, bias, idx)
     if loss == "mse":
-        return hnc_mse_selected(maps, valid, alpha)
+        return hnc_mse_selected(maps, valid, alpha, axis_name)
     return hnc_kd_selected(maps, valid, temperature)
 
 

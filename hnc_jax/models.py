@@ -5,9 +5,9 @@
 - images: (B, H, W, 3), NHWC: normalised floats, or raw [0, 255] pixels (e.g. uint8) when
   the model has `input_normalization` (it then normalises them itself, on the device).
 - logits: (B, C) float32, `mean_hw(F) @ W + b` for the last stage's output F.
-- cams: (B, H', W', C), `F[b, h, w] @ W + b` at every position (the bias is included,
-  so `cams.mean(axis=(1, 2)) == logits` up to float rounding). 7x7 at 224x224 with the
-  ImageNet stem.
+- cams: (B, H', W', C) float32, `F[b, h, w] @ W + b` at every position
+  (`class_activation_maps`; the bias is included, so `cams.mean(axis=(1, 2)) == logits` up
+  to float rounding). 7x7 at 224x224 with the ImageNet stem.
 
 With `return_features=True` it returns `(logits, features)`, F of shape (B, H', W', D), so
 that training can build only the CAMs it needs (`losses.hnc_from_features`) from
@@ -175,7 +175,15 @@ class ResNet(nn.Module):
         logits = head(jnp.mean(features, axis=(1, 2))).astype(jnp.float32)
         if return_features:
             return logits, features
-        return logits, head(features)
+        return logits, class_activation_maps(features, head.variables["params"])
+
+
+def class_activation_maps(features: Array, head: Any) -> Array:
+    """All C CAMs (B, H, W, C) float32: `F @ W + b` at every position of the last stage's
+    features F (B, H, W, D), from the classifier's params {'kernel' (D, C), 'bias' (C,)}."""
+    kernel = jnp.asarray(head["kernel"]).astype(features.dtype)
+    cams = jnp.einsum("bhwd,dc->bhwc", features, kernel, preferred_element_type=jnp.float32)
+    return cams + jnp.asarray(head["bias"], jnp.float32)
 
 
 _ARCHS: dict[str, tuple[tuple[int, ...], ModuleDef]] = {

@@ -186,22 +186,22 @@ def run_config(base: ml_collections.ConfigDict, run: Run, plan: Plan) -> ml_coll
 
 def measure(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """The latest checkpoint of `workdir` on `config.eval_split`: `cam.evaluate_cams`, or
-    `multilabel.evaluate` (mAP, F1, ...) on a multi-label dataset."""
-    from hnc_jax import cam, input_pipeline, multilabel  # TensorFlow: only when running.
+    `multilabel.evaluate` (mAP, F1, ...) on a multi-label dataset; and its run's `steps`."""
+    from hnc_jax import cam, inference, input_pipeline, multilabel  # TensorFlow: when running.
 
-    info, apply_fn = cam.restore_predictor(config, workdir)
-    evaluate = multilabel.evaluate if info.multi_label else cam.evaluate_cams
-    return evaluate(apply_fn, input_pipeline.eval_iterator(config), k=config.hnc.k)
+    restored = inference.restore(config, workdir)
+    evaluate = multilabel.evaluate if restored.job.info.multi_label else cam.evaluate_cams
+    batches = input_pipeline.eval_iterator(restored.job.dataset, config)
+    scores = evaluate(restored.predict, batches, k=config.hnc.k)
+    return {"steps": restored.job.total_steps, **scores}
 
 
 def execute(base: ml_collections.ConfigDict, run: Run, plan: Plan, workdir: str) -> dict:
     """Trains (or resumes) and measures one run; returns its JSON record."""
-    from hnc_jax import input_pipeline, train, trainer
+    from hnc_jax import trainer
 
     config = run_config(base, run, plan)
     run_dir = os.path.join(workdir, run.workdir_name)
-    info = input_pipeline.get_info(config)
-    steps = train.num_train_steps(config, train.steps_per_epoch(config, info.num_train))
     tic = time.time()
     eval_metrics: dict[str, float] = {}
     if run.phase != "grid_test":  # (Which only scores a val run's model: cam scores alone.)
@@ -215,7 +215,7 @@ def execute(base: ml_collections.ConfigDict, run: Run, plan: Plan, workdir: str)
     return {
         "name": run.name, "phase": run.phase, "loss": s.loss, "weight": s.weight, "k": s.k,
         "warmup": s.warmup, "seed": run.seed, "train_split": config.train_split,
-        "eval_split": config.eval_split, "steps": steps, **scores,
+        "eval_split": config.eval_split, **scores,
         **{key.replace("/", "_"): value for key, value in eval_metrics.items()},
         "train_seconds": train_seconds, "seconds": time.time() - tic,
     }  # fmt: skip

@@ -14,13 +14,15 @@ for evaluation and checkpoints (torch DDP would instead keep rank 0's).
 The loss is `cross_entropy + hnc.weight * HNC` with HNC built from the k selected CAMs only
 (`losses.hnc_from_features`); with `hnc.loss='none'` or weight 0 nothing HNC-related is
 traced; `hnc.weight_warmup_epochs` > 0 ramps the weight up linearly from 0 (not in the
-original). `train/num_posi` needs all C CAMs, so it is computed only on logging steps (a
-`lax.cond` runs only its taken branch).
+original). `train/num_posi` needs all C CAMs, so only the logging steps' variant of the step
+computes it (`make_train_step(..., with_num_posi=True)`).
 """
 
+import collections
 import functools
+import itertools
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import flax
@@ -33,7 +35,7 @@ from etils import epath
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from hnc_jax import input_pipeline, losses, models, transforms
+from hnc_jax import image_stats, losses, models
 
 HNC_CHOICES = ("mse", "kd", "none")
 SCHEDULES = ("step", "cosine")
@@ -65,12 +67,10 @@ def _one_of(name: str, value: Any, allowed: tuple[str, ...]) -> None:
         raise ValueError(f"unknown {name} {value!r}; allowed: {', '.join(allowed)}")
 
 
-def validate_config(config: ml_collections.ConfigDict) -> input_pipeline.DatasetInfo:
-    """Raises ValueError (one line) for a config that cannot train; returns the dataset info.
-
-    Cheap checks first; the dataset check may prepare the embedded dataset (in its data dir,
-    never in the workdir).
-    """
+def validate_config(config: ml_collections.ConfigDict, num_classes: int) -> None:
+    """Raises ValueError (one line) for a config that cannot train a dataset of
+    `num_classes` classes on `jax.device_count()` devices. Needs no data: runs before the
+    dataset is prepared, anything is compiled or the workdir is touched."""
     _one_of("model", config.model, models.MODEL_NAMES)
     _one_of("stem", config.stem, models.STEMS)
     if config.model_width <= 0:
@@ -84,7 +84,17 @@ def validate_config(config: ml_collections.ConfigDict) -> input_pipeline.Dataset
         )
     if config.hnc.temperature <= 0:
         raise ValueError(f"hnc.temperature must be > 0, got {config.hnc.temperature}")
+    if config.hnc.loss != "none" and not 1 <= config.hnc.k < num_classes:
+        raise ValueError(
+            f"hnc.k must be in [1, {num_classes - 1}] ({config.dataset} has {num_classes} "
+            f"classes), got {config.hnc.k}"
+        )
     _one_of("schedule", config.schedule, SCHEDULES)
+    if config.schedule == "step" and any(e <= config.warmup_epochs for e in config.lr_decay_epochs):
+        raise ValueError(
+            f"lr_decay_epochs {list(config.lr_decay_epochs)} must all be after warmup_epochs="
+            f"{config.warmup_epochs}"
+        )
     _one_of("optimizer.weight_decay_mode", config.optimizer.weight_decay_mode, WEIGHT_DECAY_MODES)
     opt = config.optimizer
     if opt.learning_rate <= 0 or not 0 <= opt.momentum < 1 or opt.weight_decay < 0:
@@ -99,18 +109,18 @@ def validate_config(config: ml_collections.ConfigDict) -> input_pipeline.Dataset
             raise ValueError(f"{field} must be > 0 (or -1: every epoch), got {config[field]}")
     if config.keep_checkpoints < 1:
         raise ValueError(f"keep_checkpoints must be >= 1, got {config.keep_checkpoints}")
+    devices = jax.device_count()
+    for field in ("batch_size", "eval_batch_size"):
+        if config[field] <= 0 or config[field] % devices:
+            raise ValueError(
+                f"{field}={config[field]} must be a positive multiple of the {devices} devices "
+                "(jax.device_count())"
+            )
     if config.init_from and not epath.Path(config.init_from).exists():
         raise ValueError(
             f"init_from {config.init_from!r} does not exist; give a torchvision .pth file or "
             "a workdir of this project"
         )
-    info = input_pipeline.get_info(config)  # Unknown dataset, batch vs devices, ...
-    if config.hnc.loss != "none" and not 1 <= config.hnc.k < info.num_classes:
-        raise ValueError(
-            f"hnc.k must be in [1, {info.num_classes - 1}] ({info.name} has "
-            f"{info.num_classes} classes), got {config.hnc.k}"
-        )
-    return info
 
 
 def hnc_enabled(config: ml_collections.ConfigDict) -> bool:
@@ -135,7 +145,7 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int) -> models.
         dtype=jnp.bfloat16 if config.half_precision else jnp.float32,
         bn_axis_name="data" if config.sync_batch_norm else None,
         scan_blocks=config.scan_blocks,
-        input_normalization=transforms.normalization(config.dataset) if raw else None,
+        input_normalization=image_stats.normalization(config.dataset) if raw else None,
     )
 
 
@@ -150,14 +160,18 @@ def num_train_steps(config: ml_collections.ConfigDict, epoch_steps: int) -> int:
 
 
 def make_schedule(config: ml_collections.ConfigDict, epoch_steps: int) -> optax.Schedule:
-    """Learning rate per step: 'step' (x lr_decay_factor at each of lr_decay_epochs) or
-    'cosine' (to 0 at the last step); both after `warmup_epochs` of linear warm-up."""
+    """Learning rate per step: 'step' (x lr_decay_factor at each of lr_decay_epochs, counted
+    from the start of training) or 'cosine' (to 0 at the last step); both after
+    `warmup_epochs` of linear warm-up."""
     lr = config.optimizer.learning_rate
     warmup = int(config.warmup_epochs * epoch_steps)
     total = num_train_steps(config, epoch_steps)
     if config.schedule == "cosine":
         return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(total, warmup + 1))
-    boundaries = {int(e * epoch_steps): config.lr_decay_factor for e in config.lr_decay_epochs}
+    # Boundaries are absolute steps; join_schedules calls the decay with `step - warmup`.
+    boundaries = {
+        int(e * epoch_steps) - warmup: config.lr_decay_factor for e in config.lr_decay_epochs
+    }
     decay = optax.piecewise_constant_schedule(lr, boundaries)
     if not warmup:
         return decay
@@ -228,18 +242,20 @@ def shard_batch(mesh: Mesh, local_batch: Mapping[str, np.ndarray]) -> dict[str, 
     }
 
 
-def _full_cams(features: jax.Array, params: Any) -> jax.Array:
-    """All C CAMs (B, H, W, C) float32 from the features (B, H, W, D)."""
-    head = params["head"]
-    return (
-        jnp.einsum(
-            "bhwd,dc->bhwc",
-            features,
-            head["kernel"].astype(features.dtype),
-            preferred_element_type=jnp.float32,
-        )
-        + head["bias"]
+def device_batches(
+    local_batches: Iterable[Mapping[str, np.ndarray]], mesh: Mesh, prefetch: int = 2
+) -> Iterator[dict[str, jax.Array]]:
+    """`shard_batch` of each local batch, with the next `prefetch` ones already sent to the
+    devices while the current one is used, so that input transfers overlap the steps (as
+    flax's prefetch_to_device, for global arrays)."""
+    local_batches = iter(local_batches)
+    queue = collections.deque(
+        shard_batch(mesh, local) for local in itertools.islice(local_batches, prefetch)
     )
+    for local in local_batches:
+        queue.append(shard_batch(mesh, local))
+        yield queue.popleft()
+    yield from queue
 
 
 def make_train_step(
@@ -248,6 +264,8 @@ def make_train_step(
     tx: optax.GradientTransformation,
     schedule: optax.Schedule,
     mesh: Mesh,
+    *,
+    with_num_posi: bool = False,
     epoch_steps: int | None = None,
 ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """The jitted step `(state, batch) -> (state, metrics)`; the state is donated.
@@ -255,8 +273,9 @@ def make_train_step(
 
     `batch`: global arrays {'image' (B, S, S, 3), 'label' (B,) or (B, C)} sharded over
     'data' (`shard_batch`); other keys are ignored. Metrics are replicated scalars: loss, ce,
-    hnc, top1, num_posi (0 except on steps with `(step + 1) % log_every_steps == 0`),
-    grad_norm, lr.
+    hnc, top1, grad_norm, lr and, `with_num_posi`, num_posi (which needs all C CAMs: the
+    trainer uses that variant on logging steps only; a per-step `lax.cond` would make
+    XLA:GPU copy the predicate to the host and wait for it every step).
     """
     use_hnc = hnc_enabled(config)
     hnc = config.hnc
@@ -286,6 +305,9 @@ def make_train_step(
                 k=hnc.k,
                 alpha=hnc.alpha,
                 temperature=hnc.temperature,
+                # Multi-hot images differ in their count of valid maps: HNC-mse divides by
+                # the global count so that the mean over devices is the global mean.
+                axis_name="data" if labels.ndim == 2 else None,
             )
         loss = ce + weight * hnc_loss
         return loss, (ce, hnc_loss, logits, features, updates["batch_stats"])
@@ -302,19 +324,15 @@ def make_train_step(
             batch_stats = jax.lax.pmean(batch_stats, "data")
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        num_posi = jax.lax.cond(
-            (state.step + 1) % config.log_every_steps == 0,
-            lambda f: losses.num_positive_negative_pixels(_full_cams(f, state.params), labels),
-            lambda f: jax.lax.pcast(jnp.float32(0.0), "data", to="varying"),
-            jax.lax.stop_gradient(features),
-        )
         local = {
             "loss": loss,
             "ce": ce,
             "hnc": hnc_loss,
             "top1": jnp.mean(losses.correct_top_k(logits, labels, 1)),
-            "num_posi": num_posi,
         }
+        if with_num_posi:
+            cams = models.class_activation_maps(features, state.params["head"])
+            local["num_posi"] = losses.num_positive_negative_pixels(cams, labels)
         metrics = jax.lax.pmean(local, "data")
         metrics["grad_norm"] = optax.global_norm(grads)
         metrics["lr"] = jnp.asarray(schedule(state.step), jnp.float32)

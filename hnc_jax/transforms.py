@@ -13,22 +13,11 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from hnc_jax.image_stats import normalization
+
 IMAGE_DTYPES = ("uint8", "float32", "bfloat16")  # Batches: raw pixels, or normalised.
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-# Per-dataset channel statistics of the train split; anything else uses ImageNet's.
-STATS = {
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
-    "cluttered_digits": ((0.104,) * 3, (0.224,) * 3),
-}
 EVAL_CROP = 224 / 256  # Eval: short side resized to size*256/224, then a central size crop.
 AREA_RANGE, ASPECT_RANGE = (0.08, 1.0), (3 / 4, 4 / 3)
-
-
-def normalization(dataset: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """(mean, std) per RGB channel, for images scaled to [0, 1]; a TFDS config or version
-    ('cluttered_digits/hard', 'cifar10:3.0.2') uses its dataset's."""
-    return STATS.get(dataset.split("/")[0].split(":")[0], (IMAGENET_MEAN, IMAGENET_STD))
 
 
 def random_window(shape: tf.Tensor, key: tf.Tensor) -> tf.Tensor:

@@ -79,7 +79,7 @@ def test_bfloat16_compute_keeps_float32_params():
     dtypes = {leaf.dtype for leaf in jax.tree_util.tree_leaves(variables)}
     assert dtypes == {jnp.dtype(jnp.float32)}
     logits, cams = model.apply(variables, x)
-    assert cams.dtype == jnp.bfloat16 and logits.dtype == jnp.float32
+    assert cams.dtype == logits.dtype == jnp.float32  # Accumulated in float32.
     ref_logits, _ = models.ResNet18(num_classes=4, width=0.125, stem="small").apply(variables, x)
     np.testing.assert_allclose(logits, ref_logits, rtol=0.1, atol=0.1)
 

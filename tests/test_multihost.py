@@ -12,8 +12,8 @@ import optax
 import pytest
 from PIL import Image
 
-from hnc_jax import trainer
-from tests.test_main import ROOT, TINY, run_main
+from hnc_jax import job
+from tests.test_main import ROOT, TINY, run_main, summary_line
 from tests.test_train import tiny_config
 from tests.test_trainer import final_params
 
@@ -52,16 +52,9 @@ def _setup(folder) -> tuple[list[str], object]:
     return flags, tiny_config(**fields)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.mark.slow
-def test_two_processes_match_one_process(tmp_path):
-    _noise_folder(tmp_path / "noise")
-    flags, config = _setup(tmp_path / "noise")
+def _two_processes(flags: list[str]) -> list[tuple[str, str]]:
+    """Runs main.py with `flags` as 2 processes of 2 CPU devices over loopback; their
+    (stdout, stderr), each checked for exit status 0."""
     port = _free_port()
     env = dict(os.environ, JAX_NUM_CPU_DEVICES="2")
     procs = [
@@ -69,7 +62,6 @@ def test_two_processes_match_one_process(tmp_path):
             [
                 sys.executable,
                 str(ROOT / "main.py"),
-                f"--workdir={tmp_path / 'multi'}",
                 *flags,
                 f"--coordinator_address=127.0.0.1:{port}",
                 "--num_processes=2",
@@ -86,6 +78,20 @@ def test_two_processes_match_one_process(tmp_path):
     outputs = [p.communicate(timeout=600) for p in procs]
     for p, (_, err) in zip(procs, outputs, strict=True):
         assert p.returncode == 0, err[-3000:]
+    return outputs
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process(tmp_path):
+    _noise_folder(tmp_path / "noise")
+    flags, config = _setup(tmp_path / "noise")
+    outputs = _two_processes([f"--workdir={tmp_path / 'multi'}", *flags])
     single = run_main(f"--workdir={tmp_path / 'single'}", *flags, devices=4)
     assert single.returncode == 0, single.stderr[-3000:]
     step_m, multi = final_params(config, tmp_path / "multi")
@@ -94,7 +100,7 @@ def test_two_processes_match_one_process(tmp_path):
     # Equal up to float rounding (the collectives sum in another order), measured relative
     # to how far training moved the parameters: a wrong gradient scale, batch or BN grouping
     # moves them differently by tens of percent.
-    init = jax.device_get(trainer.setup(config).state.params)
+    init = jax.device_get(job.build(config).state.params)
     moved = optax.global_norm(jax.tree.map(np.subtract, one, init))
     apart = optax.global_norm(jax.tree.map(np.subtract, multi, one))
     assert float(moved) > 0.1 and float(apart) < 1e-4 * float(moved), (apart, moved)
@@ -102,3 +108,19 @@ def test_two_processes_match_one_process(tmp_path):
     summaries = [[line for line in out.splitlines() if "eval/top1=" in line] for out, _ in outputs]
     assert len(summaries[0]) == 1 and not summaries[1]
     assert summaries[0][0].split()[0].startswith("eval/loss=")
+    # Evaluation: each process reads its own part of the split (here with padding: 16
+    # images in local batches of 6) and the sums are combined; the same checkpoint evaluated
+    # by 2 processes and by 1 gives the same metrics.
+    eval_flags = [f"--workdir={tmp_path / 'multi'}", *flags, "--mode=eval",
+                  "--config.eval_batch_size=12"]  # fmt: skip
+    two = _two_processes(eval_flags)[0][0]
+    one = run_main(*eval_flags, devices=4)
+    assert one.returncode == 0, one.stderr[-3000:]
+    results = [_metrics(summary_line(out)) for out in (two, one.stdout)]
+    assert results[0].keys() == results[1].keys() and results[0]["step"] == 3
+    for key in results[0]:
+        assert results[0][key] == pytest.approx(results[1][key], abs=2e-4), key  # 4 decimals.
+
+
+def _metrics(line: str) -> dict[str, float]:
+    return {key: float(value) for key, value in (item.split("=") for item in line.split())}

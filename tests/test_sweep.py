@@ -5,11 +5,10 @@ import json
 
 import numpy as np
 import pytest
-from PIL import Image
 from scipy import stats
 
 from configs import default
-from hnc_jax import cam, sweep, sweep_report
+from hnc_jax import sweep, sweep_report
 from hnc_jax.sweep import Run, Setting
 
 PLAN = sweep.Plan(weights={"mse": (0.01, 0.1), "kd": (0.001, 0.01)}, k=3, k_values=(1,),
@@ -150,17 +149,3 @@ def test_tiny_study_runs_and_resumes(tmp_path):
     lines = (workdir / sweep.RESULTS).read_text()
     assert sweep.main(args) == results and (workdir / sweep.RESULTS).read_text() == lines
     assert json.loads(lines.splitlines()[0])["name"] == "val/none-s0"
-
-    # What `main.py --mode=cam` runs, on the HNC-mse run: eval images, then image files.
-    config = default.get_config()
-    config.batch_size, config.eval_batch_size = 16, 32
-    config.eval_split = "test[:32]"
-    run_dir = str(workdir / "test" / "mse-w0.1-k3-wu0-s0")
-    path = cam.render_from_workdir(config, run_dir, None, 3, str(tmp_path / "eval.png"))
-    assert Image.open(path).size == (5 * 160, 3 * 160)
-    Image.fromarray(np.full((48, 48), 200, np.uint8)).save(tmp_path / "a.png")
-    files = [str(tmp_path / "a.png")] * 2
-    path = cam.render_from_workdir(config, run_dir, files, 0, str(tmp_path / "files.png"))
-    assert Image.open(path).size == (5 * 160, 2 * 160)
-    with pytest.raises(ValueError, match="no checkpoint"):
-        cam.render_from_workdir(config, str(tmp_path / "empty"), None, 2, str(tmp_path / "x.png"))

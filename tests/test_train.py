@@ -15,7 +15,7 @@ import optax
 import pytest
 
 from configs import default
-from hnc_jax import losses, metrics, train
+from hnc_jax import evaluation, job, losses, train
 
 ROOT = Path(__file__).resolve().parents[1]
 # Shared by the test runs on this machine: the second run compiles nothing.
@@ -70,15 +70,19 @@ def test_step_loss_matches_full_cam_reference(hnc_step):
     # Positive pixels of the negative CAMs, counted in numpy.
     negative = np.arange(10)[None, None, None, :] != batch["label"][:, None, None, None]
     num_posi = np.mean(np.sum((np.asarray(cams) > 0) & negative, axis=(1, 2, 3)))
-    log_state = jax.tree.map(jnp.copy, state).replace(step=jnp.int32(1))  # Step 2: a log step.
-    _, first = step(state, train.shard_batch(mesh, batch))  # Step 1: not a log step.
+    log_step = train.make_train_step(config, model, tx, train.make_schedule(config, 10), mesh,
+                                     with_num_posi=True)  # fmt: skip
+    log_state = jax.tree.map(jnp.copy, state)
+    _, first = step(state, train.shard_batch(mesh, batch))  # Not a log step: no num_posi.
     np.testing.assert_allclose(first["ce"], ce, rtol=1e-5)
     np.testing.assert_allclose(first["hnc"], hnc, rtol=1e-4)
     np.testing.assert_allclose(first["loss"], ce + config.hnc.weight * hnc, rtol=1e-5)
-    assert float(first["num_posi"]) == 0.0
-    _, second = step(log_state, train.shard_batch(mesh, batch))
-    np.testing.assert_allclose(second["num_posi"], num_posi, rtol=1e-6)
+    assert "num_posi" not in first
+    _, logged = log_step(log_state, train.shard_batch(mesh, batch))
+    np.testing.assert_allclose(logged["num_posi"], num_posi, rtol=1e-6)
     assert num_posi > 0
+    for key in first:  # Both variants train alike.
+        np.testing.assert_array_equal(first[key], logged[key])
 
 
 def test_hnc_weight_warmup_ramps_from_zero():
@@ -158,6 +162,12 @@ def test_schedules():
     assert [float(schedule(s)) for s in (0, 9, 10, 19, 20)] == pytest.approx(
         [0.2, 0.2, 0.02, 0.02, 0.002]
     )
+    # With warm-up, the decay boundaries stay at absolute epochs (1 and 2: steps 10, 20).
+    warm_cfg = tiny_config(schedule="step", warmup_epochs=0.5, lr_decay_epochs=[1, 2])
+    _, schedule = train.make_optimizer(warm_cfg, epoch_steps=10)
+    assert [float(schedule(s)) for s in (0, 4, 5, 9, 10, 19, 20)] == pytest.approx(
+        [0.0, 0.16, 0.2, 0.2, 0.02, 0.02, 0.002]
+    )
     cos_cfg = tiny_config(num_train_steps=100, warmup_epochs=1.0)
     _, schedule = train.make_optimizer(cos_cfg, epoch_steps=10)
     assert float(schedule(5)) == pytest.approx(0.1)  # Half-way through the warm-up.
@@ -170,7 +180,12 @@ def test_eval_sums_ignore_padding(hnc_step):
     state = train.create_train_state(config, model, tx, jax.random.key(1), mesh, (16, 16, 3))
     batch = make_batch(n=8)
     batch["mask"] = np.array([True] * 5 + [False] * 3)
-    sums = metrics.make_eval_step(model, mesh)(state, train.shard_batch(mesh, batch))
+    eval_step = evaluation.make_eval_step(model, mesh)
+    sums = eval_step(state, train.shard_batch(mesh, batch), evaluation.zero_totals(mesh))
+    # Totals accumulate: the same batch again doubles every sum.
+    twice = eval_step(state, train.shard_batch(mesh, batch), jax.tree.map(jnp.copy, sums))
+    for key in sums:
+        np.testing.assert_allclose(twice[key], 2 * sums[key], rtol=1e-6)
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     logits, cams = model.apply(variables, batch["image"][:5])
     labels = batch["label"][:5]
@@ -192,11 +207,15 @@ def test_eval_sums_ignore_padding(hnc_step):
         ({"hnc.weight_warmup_epochs": -1.0}, "hnc.weight_warmup_epochs must be >= 0"),
         ({"hnc.loss": "l1"}, "unknown hnc.loss 'l1'"),
         ({"schedule": "linear"}, "unknown schedule 'linear'"),
+        (
+            {"schedule": "step", "lr_decay_epochs": [0.2, 3]},
+            "lr_decay_epochs [0.2, 3] must all be after warmup_epochs=0.5",
+        ),
     ],
 )
 def test_validate_config_errors(overrides, message):
     with pytest.raises(ValueError, match=None) as error:
-        train.validate_config(tiny_config(**overrides))
+        job.check(tiny_config(**overrides))
     assert message in str(error.value) and "\n" not in str(error.value)
 
 
@@ -204,30 +223,38 @@ MULTI_DEVICE_SCRIPT = textwrap.dedent(
     """
     import jax, jax.numpy as jnp, numpy as np, optax
     from hnc_jax import losses, train
-    from tests.test_train import make_batch, tiny_config
+    from tests.test_train import make_batch, multi_hot_labels, tiny_config
 
     def reference(config, model, tx, state, batch, chunks):
-        # One device; the batch split into `chunks` BN groups; HNC from the full CAMs.
+        # One device, the whole batch: CE and HNC over all of it, HNC from the full CAMs;
+        # the forward pass in `chunks` BN groups (per-device BatchNorm statistics).
+        hnc_fn = losses.hnc_mse if config.hnc.loss == "mse" else losses.hnc_kd
         def loss_fn(params):
-            total, stats = 0.0, []
-            images, labels = jnp.split(batch["image"], chunks), jnp.split(batch["label"], chunks)
-            for img, lab in zip(images, labels):
-                (logits, cams), upd = model.apply(
-                    {"params": params, "batch_stats": state.batch_stats}, img, train=True,
+            outputs, stats = [], []
+            for images in jnp.split(batch["image"], chunks):
+                out, upd = model.apply(
+                    {"params": params, "batch_stats": state.batch_stats}, images, train=True,
                     mutable=["batch_stats"])
-                hnc = losses.hnc_mse(cams, lab, k=config.hnc.k)
-                total += (losses.cross_entropy(logits, lab) + config.hnc.weight * hnc) / chunks
+                outputs.append(out)
                 stats.append(upd["batch_stats"])
-            return total, jax.tree.map(lambda *s: sum(s) / chunks, *stats)
+            logits, cams = (jnp.concatenate(parts) for parts in zip(*outputs))
+            hnc = hnc_fn(cams, batch["label"], config.hnc.k)
+            loss = losses.cross_entropy(logits, batch["label"]) + config.hnc.weight * hnc
+            return loss, jax.tree.map(lambda *s: sum(s) / chunks, *stats)
         (_, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, _ = tx.update(grads, state.opt_state, state.params)
         return optax.apply_updates(state.params, updates), stats
 
 
-    batch = make_batch(n=16)
-    for sync, chunks in ((True, 1), (False, 8)):
+    single = make_batch(n=16)
+    multi = {**single, "label": multi_hot_labels()}
+    cases = [("per-device", False, "mse", single), ("sync", True, "mse", single),
+             ("multi-hot-mse", True, "mse", multi), ("multi-hot-kd", True, "kd", multi)]
+    for name, sync, loss, batch in cases:
         # No warm-up: the first step must move the parameters for the comparison to count.
-        config = tiny_config(sync_batch_norm=sync, warmup_epochs=0.0)
+        # HNC weight 1 and k 4: multi-hot images with 7+ positives have fewer valid maps.
+        config = tiny_config(sync_batch_norm=sync, warmup_epochs=0.0,
+                             **{"hnc.loss": loss, "hnc.weight": 1.0, "hnc.k": 4})
         mesh = train.make_mesh()
         assert mesh.size == 8
         model = train.create_model(config, 10)
@@ -235,8 +262,8 @@ MULTI_DEVICE_SCRIPT = textwrap.dedent(
         init = lambda: train.create_train_state(
             config, model, tx, jax.random.key(0), mesh, (16, 16, 3))
         ref_params, ref_stats = jax.jit(
-            lambda state, batch: reference(
-                config, model.clone(bn_axis_name=None), tx, state, batch, chunks))(init(), batch)
+            lambda state, batch: reference(config, model.clone(bn_axis_name=None), tx, state,
+                                           batch, 1 if sync else 8))(init(), batch)
         step = train.make_train_step(config, model, tx, schedule, mesh)
         new, _ = step(init(), train.shard_batch(mesh, batch))
         for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(ref_params)):
@@ -245,9 +272,21 @@ MULTI_DEVICE_SCRIPT = textwrap.dedent(
         assert sum(moved) > len(moved) // 2
         for a, b in zip(jax.tree.leaves(new.batch_stats), jax.tree.leaves(ref_stats)):
             np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6)
-        print("ok", "sync" if sync else "per-device")
+        print("ok", name)
     """
 )
+
+
+def multi_hot_labels() -> np.ndarray:
+    """(16, 10) multi-hot labels whose count of negatives differs over 8 devices of 2 images:
+    device 0 holds images with 9 and 8 positives (1 and 2 negatives, fewer than k=4), device 1
+    an image without any object, the rest 1 to 3 positives."""
+    rng = np.random.default_rng(3)
+    counts = [9, 8, 0, 2, 1, 3, 2, 1, 3, 1, 2, 2, 1, 3, 1, 2]
+    labels = np.zeros((16, 10), np.float32)
+    for row, count in enumerate(counts):
+        labels[row, rng.choice(10, count, replace=False)] = 1.0
+    return labels
 
 
 @pytest.mark.slow
@@ -262,4 +301,5 @@ def test_eight_devices_match_one_device_reference():
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.split() == ["ok", "sync", "ok", "per-device"]
+    names = ["per-device", "sync", "multi-hot-mse", "multi-hot-kd"]
+    assert result.stdout.split() == [word for name in names for word in ("ok", name)]

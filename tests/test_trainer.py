@@ -9,7 +9,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from configs import imagenet_resnet101_hnc_mse
-from hnc_jax import checkpoints, input_pipeline, trainer
+from hnc_jax import checkpoints, input_pipeline, job, trainer
 from tests.test_train import CACHE, tiny_config
 
 
@@ -29,9 +29,9 @@ def digits_config(**overrides):
 
 
 def final_params(config, workdir):
-    job = trainer.setup(config)
+    run = job.build(config)
     manager = checkpoints.create_manager(str(workdir), config.keep_checkpoints, read_only=True)
-    state = checkpoints.restore(manager, manager.latest_step(), job.state)
+    state = checkpoints.restore(manager, manager.latest_step(), run.state)
     return int(state.step), jax.device_get(state.params)
 
 
@@ -39,8 +39,8 @@ def interrupt_at(monkeypatch, batch_index, action):
     """Makes the next train_iterator run `action()` when its batch `batch_index` is asked."""
     original = input_pipeline.train_iterator
 
-    def iterator(config, start_step=0):
-        for i, batch in enumerate(original(config, start_step)):
+    def iterator(dataset, config, start_step=0):
+        for i, batch in enumerate(original(dataset, config, start_step)):
             if i == batch_index:
                 batch = action(batch)
             yield batch
@@ -59,8 +59,9 @@ def test_resume_after_crash_and_sigterm_is_bit_identical(tmp_path, monkeypatch):
     assert set(result) == {"eval/loss", "eval/top1", "eval/top5", "eval/num_posi"}
     step_a, params_a = final_params(config, tmp_path / "a")
     workdir = str(tmp_path / "b")
-    with monkeypatch.context() as patch:  # Killed during step 4: resumes from step 2.
-        interrupt_at(patch, 3, crash)
+    # The loop reads batches two steps ahead: batch i is read as step i - 1 is dispatched.
+    with monkeypatch.context() as patch:  # Killed at step 4: resumes from step 2.
+        interrupt_at(patch, 5, crash)
         with pytest.raises(KeyboardInterrupt):
             trainer.train_and_evaluate(config, workdir)
     handler = signal.getsignal(signal.SIGTERM)
@@ -120,14 +121,35 @@ def test_init_from_another_run_loads_its_weights_only(tmp_path):
     config = digits_config(num_train_steps=2)
     trainer.train_and_evaluate(config, str(tmp_path / "a"))
     _, params_a = final_params(config, tmp_path / "a")
-    job = trainer.setup(config.copy_and_resolve_references())
-    state = checkpoints.init_from(str(tmp_path / "a"), job.state, job.info.num_classes)
+    run = job.build(config.copy_and_resolve_references())
+    state = checkpoints.init_from(str(tmp_path / "a"), run.state, run.info.num_classes)
     assert int(state.step) == 0  # A new run: step and optimizer state start afresh.
     jax.tree.map(np.testing.assert_array_equal, params_a, jax.device_get(state.params))
-    jax.tree.map(np.testing.assert_array_equal, job.state.opt_state, state.opt_state)
+    jax.tree.map(np.testing.assert_array_equal, run.state.opt_state, state.opt_state)
     # The trainer uses it for a new workdir (and ignores it when resuming).
     config.init_from = str(tmp_path / "a")
     result = trainer.train_and_evaluate(config, str(tmp_path / "b"))
     assert result["eval/top1"] >= 0.0
     with pytest.raises(FileNotFoundError, match="no checkpoints directory at"):
-        checkpoints.init_from(str(tmp_path / "none"), job.state, job.info.num_classes)
+        checkpoints.init_from(str(tmp_path / "none"), run.state, run.info.num_classes)
+
+
+def test_rates_exclude_evaluation_and_num_posi_is_the_log_steps():
+    clock = iter([0.0, 4.0, 10.0, 12.0]).__next__
+    watch = trainer.Stopwatch(clock)  # Starts at 0.
+    watch.pause()  # An evaluation from 4 ...
+    watch.resume()  # ... to 10: not training time.
+    assert watch.lap() == 6.0  # 4 s before the evaluation + 2 s after it.
+    window = [
+        {"loss": 1.0, "lr": 0.1, "grad_norm": 2.0},
+        {"loss": 3.0, "lr": 0.2, "grad_norm": 4.0, "num_posi": 7.0},
+    ]
+    summary = trainer.summarize(window, 8.0, batch_size=16)
+    assert summary == {
+        "train/loss": 2.0,
+        "train/grad_norm": 3.0,
+        "train/num_posi": 7.0,  # Only the log step computes it.
+        "train/lr": 0.2,
+        "train/steps_per_sec": 0.25,
+        "train/images_per_sec": 4.0,
+    }
