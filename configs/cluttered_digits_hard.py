@@ -6,8 +6,8 @@ Command (from the repository root; builds the dataset on first use, about 20 s):
 
 Smaller targets (12-18 px) among 3-6 fragments cut from larger other digits (16-26 px, 50-85%
 of their side): the default recipe, model and schedule (8 epochs = 352 steps of 128) otherwise.
-Hardware: 2 CPU cores (Devices: 1), about the default's time (150 s with the cores free). Expected: see the
-README, "CE vs HNC" (the study `python -m hnc_jax.sweep --config=cluttered_digits_hard ...`).
+Hardware: 2 CPU cores (Devices: 1), about the default's time (150 s with the cores free).
+Expected: see the README, "CE vs HNC" (`python -m hnc_jax.sweep --config=cluttered_digits_hard`).
 """
 
 import ml_collections

@@ -8,8 +8,8 @@ Labels are multi-hot (10 classes); the loss is the sigmoid cross-entropy plus HN
 highest-scoring absent classes (every present class is excluded). Evaluation reports eval/mAP
 (mean over classes of average precision) and eval/f1 (example-based F1 of the classes with a
 positive logit); eval/top1 is the fraction of images whose highest-scoring class is present.
-The default recipe, model and schedule otherwise. Hardware: 2 CPU cores (Devices: 1), about the default's
-time. Expected: see the README, "CE vs HNC".
+The default recipe, model and schedule otherwise. Hardware: 2 CPU cores (Devices: 1), about
+the default's time. Expected: see the README, "CE vs HNC".
 """
 
 import ml_collections

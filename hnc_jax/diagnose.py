@@ -149,7 +149,7 @@ def trace(config: ml_collections.ConfigDict, every: int = 5) -> dict:
             host = jax.device_get({**record, **step_metrics})
             records.append({"step": step, "weight": float(weight) * train.hnc_enabled(config),
                             **{k: float(v) for k, v in host.items()}})  # fmt: skip
-    eval_step = evaluation.make_eval_step(run.model, run.mesh)
+    eval_step = evaluation.make_eval_step(run.model, run.mesh, run.info.multi_label)
     result = evaluation.evaluate(eval_step, state, run.dataset, config, run.mesh)
     return {"config": json.loads(config.to_json()), "records": records, "eval": result}
 

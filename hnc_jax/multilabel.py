@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -62,13 +63,15 @@ def mean_average_precision(scores: Array, targets: Array) -> float:
     return float(np.mean([average_precision(scores[:, c], targets[:, c]) for c in present]))
 
 
-def example_f1(logits: Array, targets: Array) -> np.ndarray:
-    """(N,) example-based F1 of the predicted set {logit > 0} against the true set."""
-    logits, targets = _check(logits, targets)
-    predicted = logits > 0
-    both = np.sum(predicted & targets, axis=-1)
-    sizes = np.sum(predicted, axis=-1) + np.sum(targets, axis=-1)
-    return np.where(sizes > 0, 2.0 * both / np.maximum(sizes, 1), 1.0)
+def example_f1(logits: Array, targets: Array) -> jax.Array:
+    """(N,) float32 example-based F1 of the predicted set {logit > 0} against the true set
+    {target > 0}; pure JAX (the eval step sums it on the devices)."""
+    if np.shape(logits) != np.shape(targets):
+        raise ValueError(f"logits {np.shape(logits)} and targets {np.shape(targets)} differ")
+    predicted, targets = jnp.asarray(logits) > 0, jnp.asarray(targets) > 0
+    both = jnp.sum(predicted & targets, axis=-1)
+    sizes = jnp.sum(predicted, axis=-1) + jnp.sum(targets, axis=-1)
+    return jnp.where(sizes > 0, 2.0 * both / jnp.maximum(sizes, 1), 1.0).astype(jnp.float32)
 
 
 def negative_cam_hits(cams: Array, targets: Array, k: int) -> dict[str, np.ndarray]:
@@ -100,7 +103,7 @@ def evaluate(apply_fn: Any, batches: Any, *, k: int) -> dict[str, float]:
     top1 = np.take_along_axis(targets, np.argmax(logits, -1)[:, None], -1)[:, 0]
     return {
         "mAP": mean_average_precision(logits, targets),
-        "f1": float(np.mean(example_f1(logits, targets))),
+        "f1": float(jnp.mean(example_f1(logits, targets))),
         "top1": float(np.mean(top1)),
         **{name: float(np.mean(np.concatenate(values))) for name, values in parts.items()},
     }

@@ -53,7 +53,9 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="must have one shape"):
         multilabel.mean_average_precision(np.zeros((3, 2)), np.zeros((3, 3)))
     with pytest.raises(ValueError, match="multi-hot"):
-        multilabel.example_f1(np.zeros((2, 2)), np.full((2, 2), 2))
+        multilabel.mean_average_precision(np.zeros((2, 2)), np.full((2, 2), 2))
+    with pytest.raises(ValueError, match="differ"):
+        multilabel.example_f1(np.zeros((2, 2)), np.zeros((2, 3)))
 
 
 def test_negative_cam_hits_skip_positives():
