@@ -10,8 +10,8 @@ splits changed; it evaluates and checkpoints only at its last step. The stages:
 1. `val`: cross-entropy and every grid weight of HNC-mse and HNC-kd at the config's k,
    `--val_seeds` seeds each, trained on `--fit_split`, scored on `--val_split`.
 2. `val`: each HNC loss at its best grid weight (by mean validation top-1, or mAP on a
-   multi-label dataset) with the other k values (`--k_values`) and weight warm-ups
-   (`--warmups`).
+   multi-label dataset) with the other k values (`--k_values`), and at that weight and the
+   next larger one with each HNC weight warm-up (`--warmups`, epochs).
 3. `test`: cross-entropy and each loss at its best validation setting, trained on
    `--train_split` with `--test_seeds` seeds, scored on `--test_split`; then `grid_test`: the
    models of stage 1 scored on the test split for the figure only (selection is already made,
@@ -83,7 +83,7 @@ class Plan:
     )
     k: int = 3
     k_values: tuple[int, ...] = (1,)
-    warmups: tuple[float, ...] = ()
+    warmups: tuple[float, ...] = (2.0,)  # Epochs; README "CE vs HNC": the collapses.
     val_seeds: int = 3
     test_seeds: int = 5
     fit_split: str = "train_fit"
@@ -117,12 +117,15 @@ def grid_settings(plan: Plan) -> list[Setting]:
 
 
 def variant_settings(results: dict[str, dict], plan: Plan) -> list[Setting]:
-    """Stage 2: each loss's best grid weight with the other k values and the warm-ups."""
+    """Stage 2: each loss's best grid weight with the other k values; the warm-ups at that
+    weight and at the next larger grid weight (where a warm-up may let a stronger HNC train)."""
     out = []
     for loss, weights in plan.weights.items():
         best = _argmax(results, [Setting(loss, w, plan.k) for w in weights], plan.val_seeds)
         out += [dataclasses.replace(best, k=k) for k in plan.k_values if k != plan.k]
-        out += [dataclasses.replace(best, warmup=wu) for wu in plan.warmups if wu > 0]
+        larger = sorted(w for w in weights if w > best.weight)[:1]
+        out += [Setting(loss, w, plan.k, wu) for w in (best.weight, *larger)
+                for wu in plan.warmups if wu > 0]  # fmt: skip
     return out
 
 
@@ -247,7 +250,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="'' leaves HNC-mse out")  # fmt: skip
     parser.add_argument("--kd_weights", default=",".join(map(str, defaults.weights["kd"])))
     parser.add_argument("--k_values", default="1", help="k tried at each loss's best weight")
-    parser.add_argument("--warmups", default="", help="hnc.weight_warmup_epochs to try")
+    parser.add_argument("--warmups", default=",".join(map(str, defaults.warmups)),
+                        help="hnc.weight_warmup_epochs to try ('' for none)")  # fmt: skip
     parser.add_argument("--val_seeds", type=int, default=defaults.val_seeds)
     parser.add_argument("--test_seeds", type=int, default=defaults.test_seeds)
     for split in ("fit_split", "val_split", "train_split", "test_split"):

@@ -44,9 +44,10 @@ def test_plan_selects_on_validation_then_tests():
         lambda r: 0.9 + 0.05 * (best_grid.get(r.setting.loss) == r.setting.weight),
     )
     variants = sweep.next_runs(results, PLAN)
+    # Warm-ups at the best weight and the next larger one (none above mse's 0.1).
     assert {r.setting for r in variants} == {
         Setting("mse", 0.1, 1), Setting("mse", 0.1, 3, 2.0),
-        Setting("kd", 0.001, 1), Setting("kd", 0.001, 3, 2.0),
+        Setting("kd", 0.001, 1), Setting("kd", 0.001, 3, 2.0), Setting("kd", 0.01, 3, 2.0),
     }  # fmt: skip
     # k=1 wins for mse (by validation top-1), the grid setting stays best for kd.
     _finish(results, variants, lambda r: 0.99 if r.setting == Setting("mse", 0.1, 1) else 0.91)
@@ -127,7 +128,7 @@ def test_bad_arguments(tmp_path):
 def test_tiny_study_runs_and_resumes(tmp_path):
     workdir = tmp_path / "study"
     args = ["--workdir", str(workdir), "--mse_weights=0.1", "--kd_weights=", "--k_values=3",
-            "--val_seeds=1", "--test_seeds=1", "--fit_split=train_fit[:64]",
+            "--warmups=", "--val_seeds=1", "--test_seeds=1", "--fit_split=train_fit[:64]",
             "--val_split=validation[:32]", "--train_split=train[:64]", "--test_split=test[:32]",
             "--batch_size=16", "--eval_batch_size=32", "--num_train_steps=2"]  # fmt: skip
     results = sweep.main(args)
