@@ -18,7 +18,8 @@ splits changed; it evaluates and checkpoints only at its last step. The stages:
    from validation alone).
 
 Each finished run appends one JSON line to `<workdir>/results.jsonl` (its setting, the
-`cam.evaluate_cams` scores, the trainer's eval metrics, its steps and seconds); a restart
+`cam.evaluate_cams` scores, the trainer's eval metrics, its steps, wall-clock and CPU seconds
+(every thread of the process: on a shared machine the wall clock says little)); a restart
 skips every run already there, so the study can be stopped and continued at any point.
 `--report_only` writes the tables and the figure (`sweep_report`) from what has finished.
 """
@@ -205,7 +206,7 @@ def execute(base: ml_collections.ConfigDict, run: Run, plan: Plan, workdir: str)
 
     config = run_config(base, run, plan)
     run_dir = os.path.join(workdir, run.workdir_name)
-    tic = time.time()
+    tic, cpu = time.time(), time.process_time()
     eval_metrics: dict[str, float] = {}
     if run.phase != "grid_test":  # (Which only scores a val run's model: cam scores alone.)
         eval_metrics = trainer.train_and_evaluate(config, run_dir)
@@ -221,6 +222,7 @@ def execute(base: ml_collections.ConfigDict, run: Run, plan: Plan, workdir: str)
         "eval_split": config.eval_split, **scores,
         **{key.replace("/", "_"): value for key, value in eval_metrics.items()},
         "train_seconds": train_seconds, "seconds": time.time() - tic,
+        "cpu_seconds": time.process_time() - cpu,
     }  # fmt: skip
 
 
