@@ -194,6 +194,11 @@ def measure(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]
     from hnc_jax import cam, inference, input_pipeline, multilabel  # TensorFlow: when running.
 
     restored = inference.restore(config, workdir)
+    if restored.step != restored.job.total_steps:  # SIGTERM: the trainer saved and returned.
+        raise RuntimeError(
+            f"{workdir} stopped at step {restored.step} of {restored.job.total_steps} "
+            "(preempted?): not recorded; run the study again to finish it"
+        )
     evaluate = multilabel.evaluate if restored.job.info.multi_label else cam.evaluate_cams
     batches = input_pipeline.eval_iterator(restored.job.dataset, config)
     scores = evaluate(restored.predict, batches, k=config.hnc.k)
@@ -210,11 +215,11 @@ def execute(base: ml_collections.ConfigDict, run: Run, plan: Plan, workdir: str)
     eval_metrics: dict[str, float] = {}
     if run.phase != "grid_test":  # (Which only scores a val run's model: cam scores alone.)
         eval_metrics = trainer.train_and_evaluate(config, run_dir)
-        if not eval_metrics:  # A run killed after its last checkpoint: evaluate it.
-            eval_metrics = trainer.evaluate_checkpoint(config, run_dir)
-            eval_metrics.pop("step")
     train_seconds = time.time() - tic
-    scores = measure(config, run_dir)
+    scores = measure(config, run_dir)  # Raises for a run stopped early (SIGTERM).
+    if run.phase != "grid_test" and not eval_metrics:  # Killed after its last checkpoint.
+        eval_metrics = trainer.evaluate_checkpoint(config, run_dir)
+        eval_metrics.pop("step")
     s = run.setting
     return {
         "name": run.name, "phase": run.phase, "loss": s.loss, "weight": s.weight, "k": s.k,

@@ -150,3 +150,9 @@ def test_tiny_study_runs_and_resumes(tmp_path):
     lines = (workdir / sweep.RESULTS).read_text()
     assert sweep.main(args) == results and (workdir / sweep.RESULTS).read_text() == lines
     assert json.loads(lines.splitlines()[0])["name"] == "val/none-s0"
+    # A run that stopped early (SIGTERM saves and returns) is never measured as finished.
+    plan = sweep.Plan(fit_split="train_fit[:64]", val_split="validation[:32]")
+    config = sweep.run_config(default.get_config(), Run("val", Setting("none"), 0), plan)
+    config.batch_size, config.eval_batch_size, config.num_train_steps = 16, 32, 3
+    with pytest.raises(RuntimeError, match="stopped at step 2 of 3"):
+        sweep.measure(config, str(workdir / "val" / "none-s0"))
