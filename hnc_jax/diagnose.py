@@ -155,15 +155,16 @@ def trace(config: ml_collections.ConfigDict, every: int = 5) -> dict:
 
 
 def plot(traces: dict[str, dict], path: str) -> None:
-    """One row per quantity, one line per trace: train loss, gradient norms, dead features."""
+    """One row per quantity, one line per trace: the cross-entropy, the gradient norms and
+    their cosine, and the last-stage features' contrast between the target's box and the rest."""
     from matplotlib.figure import Figure
 
     rows = [
-        ("loss", "train loss (total)", False),
+        ("ce", "train cross-entropy", False),
         ("grad_ce_all", "|grad CE|", True),
-        ("grad_hnc_all", "weight x |grad HNC| (the run's loss)", True),
+        ("grad_hnc_all", "weight x |grad HNC|\n(the run's HNC)", True),
         ("cos", "cos(grad CE, grad HNC)", False),
-        ("feat_zero_frac", "dead last-stage features", False),
+        ("contrast", "mean feature in box /\nmean feature outside", False),
     ]
     fig = Figure(figsize=(9, 2.1 * len(rows)), dpi=100)
     axes = fig.subplots(len(rows), 1, sharex=True)
@@ -172,11 +173,11 @@ def plot(traces: dict[str, dict], path: str) -> None:
         part = loss if loss != "none" else "mse"
         steps = [r["step"] for r in data["records"]]
         series = {
-            "loss": [r["loss"] for r in data["records"]],
+            "ce": [r["ce"] for r in data["records"]],
             "grad_ce_all": [r["grad_ce_all"] for r in data["records"]],
             "grad_hnc_all": [r["weight"] * r[f"grad_{part}_all"] for r in data["records"]],
             "cos": [r[f"cos_ce_{part}"] for r in data["records"]],
-            "feat_zero_frac": [r["feat_zero_frac"] for r in data["records"]],
+            "contrast": [r["feat_in_box"] / r["feat_outside"] for r in data["records"]],
         }
         label = f"{name} (eval top-1 {100 * data['eval']['eval/top1']:.1f}%)"
         for ax, (key, _, _) in zip(axes, rows, strict=True):
