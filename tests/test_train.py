@@ -94,7 +94,9 @@ def test_hnc_weight_warmup_ramps_from_zero():
     np.testing.assert_allclose([weight(s) for s in (0, 2, 5, 9)], [0, 0.04, 0.1, 0.1], rtol=1e-6)
     with pytest.raises(ValueError, match="needs make_train_step"):
         train.make_train_step(warm, model, tx, optax.constant_schedule(0.1), mesh)
-    step = train.make_train_step(warm, model, tx, optax.constant_schedule(0.1), mesh, 10)
+    step = train.make_train_step(
+        warm, model, tx, optax.constant_schedule(0.1), mesh, epoch_steps=10
+    )
     batch = train.shard_batch(mesh, make_batch())
     for at, factor in ((0, 0.0), (2, 0.4)):
         start = jax.tree.map(jnp.copy, state).replace(step=jnp.int32(at))
