@@ -151,9 +151,10 @@ def test_multi_batches_are_multi_hot(multi):
         "test",
         64,
     )
-    info = input_pipeline.get_info(config)
+    dataset = input_pipeline.load(config)
+    info = dataset.info
     assert info.multi_label and info.num_classes == 10 and not info.has_boxes
-    batch = next(input_pipeline.eval_iterator(config))
+    batch = next(input_pipeline.eval_iterator(dataset, config))
     expected = np.zeros((64, 10), np.float32)
     for row, ex in enumerate(_examples(multi, "test")[:64]):
         expected[row, ex["labels"]] = 1.0
