@@ -47,7 +47,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.seed = 0
     # Loss.
     config.hnc = ml_collections.ConfigDict(
-        dict(loss="mse", weight=0.1, k=3, alpha=0.0, temperature=1.0)
+        dict(loss="mse", weight=0.1, k=3, alpha=0.0, temperature=1.0, weight_warmup_epochs=0.0)
     )
     config.label_smoothing = 0.0
     # Optimizer and schedule.

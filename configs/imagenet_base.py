@@ -29,7 +29,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval_batch_size = 400  # 50,000 = 125 x 400; divides 8, 16, ... 400 devices' worth.
     config.num_epochs = 120
     config.hnc = ml_collections.ConfigDict(
-        dict(loss="none", weight=0.0, k=100, alpha=0.0, temperature=1.0)
+        dict(loss="none", weight=0.0, k=100, alpha=0.0, temperature=1.0, weight_warmup_epochs=0.0)
     )
     config.optimizer = ml_collections.ConfigDict(
         dict(

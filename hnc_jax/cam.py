@@ -21,6 +21,7 @@ Metrics are numpy (connected components need scipy); the model call is JAX.
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -343,10 +344,15 @@ def render_overlays(
     """Writes `overlay_figure(...)` as a PNG of (B * 160) x ((k + 2) * 160) pixels to `path`
     (a local path or a URL); returns `path`."""
     fig = overlay_figure(images, cams, logits, labels, class_names, k, boxes, threshold)
+    return save_png(fig, path, DPI)
+
+
+def save_png(fig: Figure, path: str | os.PathLike, dpi: float | None = None) -> str:
+    """Writes a matplotlib figure as a PNG to `path` (a local path or a URL); returns it."""
     buffer = io.BytesIO()
-    fig.savefig(buffer, dpi=DPI, format="png")
+    fig.savefig(buffer, dpi=dpi, format="png")
     epath.Path(path).write_bytes(buffer.getvalue())
-    return path
+    return str(path)
 
 
 def figure_to_array(fig: Figure) -> np.ndarray:

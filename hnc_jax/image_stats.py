@@ -11,5 +11,6 @@ STATS = {
 
 
 def normalization(dataset: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """(mean, std) per RGB channel of `dataset`, for images scaled to [0, 1]."""
-    return STATS.get(dataset, (IMAGENET_MEAN, IMAGENET_STD))
+    """(mean, std) per RGB channel of `dataset`, for images scaled to [0, 1]; a TFDS config or
+    version ('cluttered_digits/hard', 'cifar10:3.0.2') uses its dataset's."""
+    return STATS.get(dataset.split("/")[0].split(":")[0], (IMAGENET_MEAN, IMAGENET_STD))

@@ -1,159 +1,302 @@
-"""The measured comparison: cross-entropy vs HNC-mse vs HNC-kd on the embedded dataset.
+"""The CE-vs-HNC study: each HNC loss's weight (and k) chosen on a validation split, then the
+chosen settings retrained with more seeds and scored once on the test split.
 
-    python -m hnc_jax.sweep --workdir=workdir/sweep --out=sweep.md --seeds=3 --steps=150
+    nohup nice -n 15 python -m hnc_jax.sweep --workdir=workdir/study/default >study.log 2>&1 &
+    python -m hnc_jax.sweep --workdir=workdir/study/default --report_only
 
-trains every (loss, seed) from `configs/default.py` (the default model and recipe; only the
-loss, the seed and the step count change), then measures each final model on the whole eval
-split with `cam.evaluate_cams` and writes a markdown table of means and standard deviations
-over seeds (plus every run's numbers in `<out>.json`). A finished run is not retrained: its
-workdir's checkpoint is reused, so an interrupted sweep resumes.
+Every run is `configs/<--config>.py` with only the loss, weight, k, weight warm-up, seed and
+splits changed; it evaluates and checkpoints only at its last step. The stages:
+
+1. `val`: cross-entropy and every grid weight of HNC-mse and HNC-kd at the config's k,
+   `--val_seeds` seeds each, trained on `--fit_split`, scored on `--val_split`.
+2. `val`: each HNC loss at its best grid weight (by mean validation top-1, or mAP on a
+   multi-label dataset) with the other k values (`--k_values`), and at that weight and the
+   next larger one with each HNC weight warm-up (`--warmups`, epochs).
+3. `test`: cross-entropy and each loss at its best validation setting, trained on
+   `--train_split` with `--test_seeds` seeds, scored on `--test_split`; then `grid_test`: the
+   models of stage 1 scored on the test split for the figure only (selection is already made,
+   from validation alone).
+
+Each finished run appends one JSON line to `<workdir>/results.jsonl` (its setting, the
+`cam.evaluate_cams` scores, the trainer's eval metrics, its steps, wall-clock and CPU seconds
+(every thread of the process: on a shared machine the wall clock says little)); a restart
+skips every run already there, so the study can be stopped and continued at any point.
+`--report_only` writes the tables and the figure (`sweep_report`) from what has finished.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib
 import json
-import os
 import time
 from collections.abc import Sequence
 
 import ml_collections
 import numpy as np
+from etils import epath
 
-LOSSES = ("none", "mse", "kd")
-LABELS = {"none": "cross-entropy", "mse": "HNC-mse", "kd": "HNC-kd"}
-COLUMNS = (
-    ("top1", "test top-1"),
-    ("gt_known_loc", "GT-known loc"),
-    ("top1_loc", "top-1 loc"),
-    ("max_box_acc", "MaxBoxAcc"),
-    ("neg_peak", "neg-CAM peak"),
-    ("num_posi", "num_posi"),
-    ("peak_on_clutter", "neg peak on clutter"),
-)
-
-PERCENT = ("top1", "gt_known_loc", "top1_loc", "max_box_acc", "peak_on_clutter")
+RESULTS = "results.jsonl"
+NEVER = 10**9  # eval/checkpoint period: only the last step (the trainer always does it).
+METRIC_KEYS = ("top1", "max_box_acc", "gt_known_loc", "top1_loc", "neg_peak", "num_posi",
+               "peak_on_clutter")  # fmt: skip
 
 
-def run_config(
-    base: ml_collections.ConfigDict, loss: str, seed: int, steps: int, weights: dict[str, float]
-) -> ml_collections.ConfigDict:
-    """`base` with the loss, seed and length of one run; evaluates and saves only at the end."""
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """What a loss is trained with; cross-entropy is `Setting('none')`."""
+
+    loss: str
+    weight: float = 0.0
+    k: int = 3
+    warmup: float = 0.0  # hnc.weight_warmup_epochs
+
+    @property
+    def label(self) -> str:
+        if self.loss == "none":
+            return "none"
+        return f"{self.loss}-w{self.weight:g}-k{self.k}-wu{self.warmup:g}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    phase: str  # 'val' | 'test' | 'grid_test'
+    setting: Setting
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.phase}/{self.setting.label}-s{self.seed}"
+
+    @property
+    def workdir_name(self) -> str:
+        """grid_test scores the val run's model: same directory."""
+        return Run("val", self.setting, self.seed).name if self.phase == "grid_test" else self.name
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """The grid and the splits (the defaults are the study's)."""
+
+    weights: dict[str, tuple[float, ...]] = dataclasses.field(
+        default_factory=lambda: {"mse": (0.01, 0.03, 0.1, 0.3), "kd": (0.001, 0.003, 0.01, 0.03)}
+    )
+    k: int = 3
+    k_values: tuple[int, ...] = (1,)
+    warmups: tuple[float, ...] = (2.0,)  # Epochs; README "CE vs HNC": the collapses.
+    val_seeds: int = 3
+    test_seeds: int = 5
+    fit_split: str = "train_fit"
+    val_split: str = "validation"
+    train_split: str = "train"
+    test_split: str = "test"
+
+
+def record_setting(record: dict) -> Setting:
+    return Setting(record["loss"], record["weight"], record["k"], record["warmup"])
+
+
+def primary_metric(records: Sequence[dict]) -> str:
+    """What settings are selected and judged by: 'mAP' (multi-label records), else 'top1'."""
+    return "mAP" if any("mAP" in r for r in records) else "top1"
+
+
+def _argmax(results: dict[str, dict], settings: Sequence[Setting], seeds: int) -> Setting:
+    """The setting of best mean validation score over seeds 0..seeds-1 (the first on ties);
+    all must be done."""
+    key = primary_metric(list(results.values()))
+    names = [[Run("val", s, seed).name for seed in range(seeds)] for s in settings]
+    scores = [np.mean([results[n][key] for n in group]) for group in names]
+    return settings[int(np.argmax(scores))]
+
+
+def grid_settings(plan: Plan) -> list[Setting]:
+    """Stage 1: cross-entropy, then each loss's weights at the plan's k."""
+    hnc = [Setting(loss, w, plan.k) for loss, ws in plan.weights.items() for w in ws]
+    return [Setting("none", 0.0, plan.k), *hnc]
+
+
+def variant_settings(results: dict[str, dict], plan: Plan) -> list[Setting]:
+    """Stage 2: each loss's best grid weight with the other k values; the warm-ups at that
+    weight and at the next larger grid weight (where a warm-up may let a stronger HNC train)."""
+    out = []
+    for loss, weights in plan.weights.items():
+        best = _argmax(results, [Setting(loss, w, plan.k) for w in weights], plan.val_seeds)
+        out += [dataclasses.replace(best, k=k) for k in plan.k_values if k != plan.k]
+        larger = sorted(w for w in weights if w > best.weight)[:1]
+        out += [Setting(loss, w, plan.k, wu) for w in (best.weight, *larger)
+                for wu in plan.warmups if wu > 0]  # fmt: skip
+    return out
+
+
+def best_settings(results: dict[str, dict], plan: Plan) -> dict[str, Setting]:
+    """{loss: its best validation setting} over stages 1 and 2; cross-entropy included."""
+    candidates = grid_settings(plan) + variant_settings(results, plan)
+    return {
+        loss: _argmax(results, [s for s in candidates if s.loss == loss], plan.val_seeds)
+        for loss in ("none", *plan.weights)
+    }
+
+
+def _runs(phase: str, settings: Sequence[Setting], seeds: int) -> list[Run]:
+    """Seed-major: every setting's seed 0 first, so a partial stage covers the whole grid."""
+    return [Run(phase, s, seed) for seed in range(seeds) for s in settings]
+
+
+def next_runs(results: dict[str, dict], plan: Plan) -> list[Run]:
+    """The unfinished runs of the earliest unfinished stage ([] when the study is done)."""
+    grid = _runs("val", grid_settings(plan), plan.val_seeds)
+    todo = [r for r in grid if r.name not in results]
+    if todo:
+        return todo
+    todo = [
+        r
+        for r in _runs("val", variant_settings(results, plan), plan.val_seeds)
+        if r.name not in results
+    ]
+    if todo:
+        return todo
+    final = _runs("test", list(best_settings(results, plan).values()), plan.test_seeds)
+    final += [Run("grid_test", r.setting, r.seed) for r in grid]
+    return [r for r in final if r.name not in results]
+
+
+def load_results(workdir: str) -> dict[str, dict]:
+    """{run name: record} of every finished run in `workdir/results.jsonl`."""
+    path = epath.Path(workdir) / RESULTS
+    if not path.exists():
+        return {}
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return {r["name"]: r for r in records}
+
+
+def run_config(base: ml_collections.ConfigDict, run: Run, plan: Plan) -> ml_collections.ConfigDict:
+    """`base` with the run's setting, seed and splits; evaluates and saves only at the end."""
     config = base.copy_and_resolve_references()
-    config.hnc.loss = loss
-    config.hnc.weight = weights.get(loss, 0.0)
-    config.seed = seed
-    config.num_train_steps = steps
-    config.eval_every_steps = steps
-    config.checkpoint_every_steps = steps
-    config.log_every_steps = min(config.log_every_steps, steps)
+    setting = run.setting
+    config.hnc.loss, config.hnc.weight, config.hnc.k = setting.loss, setting.weight, setting.k
+    if setting.warmup:
+        config.hnc.weight_warmup_epochs = setting.warmup
+    config.seed = run.seed
+    config.train_split = plan.train_split if run.phase == "test" else plan.fit_split
+    config.eval_split = plan.val_split if run.phase == "val" else plan.test_split
+    config.eval_every_steps = config.checkpoint_every_steps = NEVER
+    config.keep_checkpoints = 1
     config.image_panel_examples = 0
     return config
 
 
-def train_and_measure(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-    """Trains (or resumes) one run, then `cam.evaluate_cams` of its final checkpoint."""
-    from hnc_jax import cam, inference, input_pipeline, trainer  # TensorFlow: when running.
+def measure(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+    """The latest checkpoint of `workdir` on `config.eval_split`: `cam.evaluate_cams`, or
+    `multilabel.evaluate` (mAP, F1, ...) on a multi-label dataset; and its run's `steps`."""
+    from hnc_jax import cam, inference, input_pipeline, multilabel  # TensorFlow: when running.
 
-    tic = time.time()
-    trainer.train_and_evaluate(config, workdir)
-    seconds = time.time() - tic
     restored = inference.restore(config, workdir)
+    if restored.step != restored.job.total_steps:  # SIGTERM: the trainer saved and returned.
+        raise RuntimeError(
+            f"{workdir} stopped at step {restored.step} of {restored.job.total_steps} "
+            "(preempted?): not recorded; run the study again to finish it"
+        )
+    evaluate = multilabel.evaluate if restored.job.info.multi_label else cam.evaluate_cams
     batches = input_pipeline.eval_iterator(restored.job.dataset, config)
-    result = cam.evaluate_cams(restored.predict, batches, k=config.hnc.k)
-    return {**result, "train_seconds": seconds}
+    scores = evaluate(restored.predict, batches, k=config.hnc.k)
+    return {"steps": restored.job.total_steps, **scores}
 
 
-def summarize(runs: Sequence[dict]) -> dict[str, dict[str, tuple[float, float]]]:
-    """{loss: {metric: (mean, std over seeds)}} (std with ddof=1; 0 for one seed)."""
-    out: dict[str, dict[str, tuple[float, float]]] = {}
-    for loss in dict.fromkeys(r["loss"] for r in runs):
-        mine = [r for r in runs if r["loss"] == loss]
-        out[loss] = {}
-        for key, _ in COLUMNS:
-            values = np.array([r[key] for r in mine], np.float64)
-            std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
-            out[loss][key] = (float(values.mean()), std)
-    return out
+def execute(base: ml_collections.ConfigDict, run: Run, plan: Plan, workdir: str) -> dict:
+    """Trains (or resumes) and measures one run; returns its JSON record."""
+    from hnc_jax import trainer
+
+    config = run_config(base, run, plan)
+    run_dir = str(epath.Path(workdir) / run.workdir_name)
+    tic, cpu = time.time(), time.process_time()
+    eval_metrics: dict[str, float] = {}
+    if run.phase != "grid_test":  # (Which only scores a val run's model: cam scores alone.)
+        eval_metrics = trainer.train_and_evaluate(config, run_dir)
+    train_seconds = time.time() - tic
+    scores = measure(config, run_dir)  # Raises for a run stopped early (SIGTERM).
+    if run.phase != "grid_test" and not eval_metrics:  # Killed after its last checkpoint.
+        eval_metrics = trainer.evaluate_checkpoint(config, run_dir)
+        eval_metrics.pop("step")
+    s = run.setting
+    return {
+        "name": run.name, "phase": run.phase, "loss": s.loss, "weight": s.weight, "k": s.k,
+        "warmup": s.warmup, "seed": run.seed, "train_split": config.train_split,
+        "eval_split": config.eval_split, **scores,
+        **{key.replace("/", "_"): value for key, value in eval_metrics.items()},
+        "train_seconds": train_seconds, "seconds": time.time() - tic,
+        "cpu_seconds": time.process_time() - cpu,
+    }  # fmt: skip
 
 
-def format_table(runs: Sequence[dict], note: str = "") -> str:
-    """Markdown: one row per loss, `mean ± std` over seeds; accuracies in percent."""
-    summary = summarize(runs)
-    seeds = {loss: sum(r["loss"] == loss for r in runs) for loss in summary}
-    header = "| loss | seeds | " + " | ".join(title for _, title in COLUMNS) + " |"
-    lines = [header, "|" + "---|" * (len(COLUMNS) + 2)]
-    for loss, metrics in summary.items():
-        cells = []
-        for key, _ in COLUMNS:
-            mean, std = metrics[key]
-            scale = 100.0 if key in PERCENT else 1.0
-            digits = 1 if scale == 100.0 or key == "num_posi" else 2
-            cells.append(f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}")
-        lines.append(f"| {LABELS.get(loss, loss)} | {seeds[loss]} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + ("\n\n" + note if note else "") + "\n"
+def run_study(base: ml_collections.ConfigDict, workdir: str, plan: Plan) -> dict[str, dict]:
+    """Runs the study's unfinished runs in order, appending each record as it finishes."""
+    path = epath.Path(workdir) / RESULTS
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while todo := next_runs(results := load_results(workdir), plan):
+        run = todo[0]
+        print(f"[{len(results)} done] {run.name}", flush=True)
+        record = execute(base, run, plan, workdir)
+        # Rewritten whole, not appended: object stores (gs://) have no append.
+        previous = path.read_text() if path.exists() else ""
+        path.write_text(previous + json.dumps(record) + "\n")
+        print(json.dumps(record), flush=True)
+    return results
 
 
-def run_sweep(
-    base: ml_collections.ConfigDict,
-    workdir: str,
-    out: str,
-    seeds: Sequence[int],
-    steps: int,
-    losses: Sequence[str] = LOSSES,
-    weights: dict[str, float] | None = None,
-) -> list[dict]:
-    """Every (loss, seed) run in `workdir/<loss>_seed<seed>`; writes `out` and `out.json`."""
-    unknown = [loss for loss in losses if loss not in LOSSES]
-    if unknown or not losses:
-        raise ValueError(f"unknown losses {unknown}; allowed: {', '.join(LOSSES)}")
-    if steps <= 0 or not seeds:
-        raise ValueError(f"need steps > 0 and at least one seed, got {steps} and {seeds}")
-    weights = weights if weights is not None else {"mse": base.hnc.weight, "kd": base.hnc.weight}
-    runs = []
-    for loss in losses:
-        for seed in seeds:
-            config = run_config(base, loss, seed, steps, weights)
-            result = train_and_measure(config, os.path.join(workdir, f"{loss}_seed{seed}"))
-            runs.append({"loss": loss, "seed": seed, "weight": config.hnc.weight, **result})
-            print(json.dumps(runs[-1]), flush=True)
-    note = (
-        f"{len(seeds)} seed(s), {steps} steps of batch {base.batch_size}, {base.model} width "
-        f"{base.model_width}, k={base.hnc.k}, weights "
-        + ", ".join(f"{LABELS[k]} {v}" for k, v in weights.items())
-        + f"; eval on '{base.eval_split}'. Percentages; localization at IoU >= 0.5 with "
-        "the CAM thresholded at 0.2 of its range (MaxBoxAcc: at the best threshold)."
-    )
-    with open(out, "w") as f:
-        f.write(format_table(runs, note))
-    with open(out + ".json", "w") as f:
-        json.dump(runs, f, indent=1)
-    return runs
+def _floats(text: str) -> tuple[float, ...]:
+    return tuple(float(v) for v in text.split(",") if v)
 
 
-def main(argv: Sequence[str] | None = None) -> list[dict]:
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    defaults = Plan()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workdir", required=True, help="one sub-workdir per run goes here")
-    parser.add_argument("--out", required=True, help="markdown table (and <out>.json)")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds 0 .. n-1")
-    parser.add_argument("--steps", type=int, default=150)
-    parser.add_argument("--losses", default=",".join(LOSSES))
-    parser.add_argument("--mse_weight", type=float, default=0.1)
-    parser.add_argument("--kd_weight", type=float, default=0.1)
-    parser.add_argument("--batch_size", type=int, default=None)
-    parser.add_argument("--eval_batch_size", type=int, default=None)
-    parser.add_argument("--train_split", default=None, help="e.g. 'train[:256]' (tiny runs)")
-    parser.add_argument("--eval_split", default=None, help="e.g. 'test[:64]' (tiny runs)")
-    args = parser.parse_args(argv)
-    from configs import default
+    parser.add_argument("--workdir", required=True, help="results.jsonl and one dir per run")
+    parser.add_argument("--config", default="default", help="a module of configs/")
+    parser.add_argument("--mse_weights", default=",".join(map(str, defaults.weights["mse"])),
+                        help="'' leaves HNC-mse out")  # fmt: skip
+    parser.add_argument("--kd_weights", default=",".join(map(str, defaults.weights["kd"])))
+    parser.add_argument("--k_values", default="1", help="k tried at each loss's best weight")
+    parser.add_argument("--warmups", default=",".join(map(str, defaults.warmups)),
+                        help="hnc.weight_warmup_epochs to try ('' for none)")  # fmt: skip
+    parser.add_argument("--val_seeds", type=int, default=defaults.val_seeds)
+    parser.add_argument("--test_seeds", type=int, default=defaults.test_seeds)
+    for split in ("fit_split", "val_split", "train_split", "test_split"):
+        parser.add_argument(f"--{split}", default=getattr(defaults, split))
+    parser.add_argument("--batch_size", type=int, default=None, help="tiny runs only")
+    parser.add_argument("--eval_batch_size", type=int, default=None, help="tiny runs only")
+    parser.add_argument("--num_train_steps", type=int, default=None, help="tiny runs only")
+    parser.add_argument("--report_only", action="store_true", help="tables and figure only")
+    parser.add_argument("--figure", default=None, help="default: <workdir>/hnc_sweep.png")
+    return parser.parse_args(argv)
 
-    base = default.get_config()
-    for field in ("batch_size", "eval_batch_size", "train_split", "eval_split"):
+
+def main(argv: Sequence[str] | None = None) -> dict[str, dict]:
+    args = parse_args(argv)
+    base = importlib.import_module(f"configs.{args.config}").get_config()
+    grid = {"mse": _floats(args.mse_weights), "kd": _floats(args.kd_weights)}
+    weights = {loss: ws for loss, ws in grid.items() if ws}  # An empty list drops the loss.
+    k_values = tuple(int(k) for k in _floats(args.k_values))
+    bad = [w for ws in weights.values() for w in ws if w <= 0] + [k for k in k_values if k < 1]
+    if bad or not weights or min(args.val_seeds, args.test_seeds) < 1:
+        raise ValueError(
+            f"need weights > 0 (for at least one loss), k >= 1 and seeds >= 1; got weights "
+            f"{grid}, k_values {k_values}, seeds {args.val_seeds}/{args.test_seeds}"
+        )
+    plan = Plan(weights, base.hnc.k, k_values, _floats(args.warmups), args.val_seeds,
+                args.test_seeds, args.fit_split, args.val_split, args.train_split,
+                args.test_split)  # fmt: skip
+    for field in ("batch_size", "eval_batch_size", "num_train_steps"):
         if getattr(args, field) is not None:
             base[field] = getattr(args, field)
-    losses = [loss for loss in args.losses.split(",") if loss]
-    weights = {"mse": args.mse_weight, "kd": args.kd_weight}
-    return run_sweep(base, args.workdir, args.out, range(args.seeds), args.steps, losses, weights)
+    if not args.report_only:
+        run_study(base, args.workdir, plan)
+    from hnc_jax import sweep_report
+
+    results = load_results(args.workdir)
+    sweep_report.write_report(results, plan, args.workdir, args.figure)
+    return results
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ for evaluation and checkpoints (torch DDP would instead keep rank 0's).
 
 The loss is `cross_entropy + hnc.weight * HNC` with HNC built from the k selected CAMs only
 (`losses.hnc_from_features`); with `hnc.loss='none'` or weight 0 nothing HNC-related is
-traced. `train/num_posi` needs all C CAMs, so only the logging steps' variant of the step
+traced; `hnc.weight_warmup_epochs` > 0 ramps the weight up linearly from 0 (not in the
+original). `train/num_posi` needs all C CAMs, so only the logging steps' variant of the step
 computes it (`make_train_step(..., with_num_posi=True)`).
 """
 
@@ -79,6 +80,10 @@ def validate_config(
     _one_of("hnc.loss", config.hnc.loss, HNC_CHOICES)
     if config.hnc.weight < 0:
         raise ValueError(f"hnc.weight must be >= 0, got {config.hnc.weight}")
+    if config.hnc.weight_warmup_epochs < 0:
+        raise ValueError(
+            f"hnc.weight_warmup_epochs must be >= 0, got {config.hnc.weight_warmup_epochs}"
+        )
     if config.hnc.temperature <= 0:
         raise ValueError(f"hnc.temperature must be > 0, got {config.hnc.temperature}")
     if config.hnc.loss != "none" and not 1 <= config.hnc.k < num_classes:
@@ -175,6 +180,15 @@ def make_schedule(config: ml_collections.ConfigDict, epoch_steps: int) -> optax.
     return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), decay], [warmup])
 
 
+def hnc_weight(config: ml_collections.ConfigDict, epoch_steps: int) -> optax.ScalarOrSchedule:
+    """The HNC weight: the constant `hnc.weight` (the original), or with
+    `hnc.weight_warmup_epochs` > 0 a schedule rising linearly from 0 to it over those epochs."""
+    warmup = int(config.hnc.weight_warmup_epochs * epoch_steps)
+    if warmup <= 0:
+        return config.hnc.weight
+    return optax.linear_schedule(0.0, config.hnc.weight, warmup)
+
+
 def make_optimizer(
     config: ml_collections.ConfigDict, epoch_steps: int
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
@@ -254,8 +268,10 @@ def make_train_step(
     mesh: Mesh,
     *,
     with_num_posi: bool = False,
+    epoch_steps: int | None = None,
 ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """The jitted step `(state, batch) -> (state, metrics)`; the state is donated.
+    `epoch_steps` is needed (only) for `hnc.weight_warmup_epochs` > 0.
 
     `batch`: global arrays {'image' (B, S, S, 3), 'label' (B,) or (B, C)} sharded over
     'data' (`shard_batch`); other keys are ignored. Metrics are replicated scalars: loss, ce,
@@ -266,8 +282,11 @@ def make_train_step(
     use_hnc = hnc_enabled(config)
     hnc = config.hnc
     num_devices = mesh.size
+    if hnc.weight_warmup_epochs > 0 and epoch_steps is None:
+        raise ValueError("hnc.weight_warmup_epochs > 0 needs make_train_step(epoch_steps=...)")
+    weight_at = hnc_weight(config, epoch_steps or 1)
 
-    def loss_fn(params, batch_stats, images, labels):
+    def loss_fn(params, batch_stats, images, labels, weight):
         (logits, features), updates = model.apply(
             {"params": params, "batch_stats": batch_stats},
             images,
@@ -292,13 +311,14 @@ def make_train_step(
                 # the global count so that the mean over devices is the global mean.
                 axis_name="data" if labels.ndim == 2 else None,
             )
-        loss = ce + hnc.weight * hnc_loss
+        loss = ce + weight * hnc_loss
         return loss, (ce, hnc_loss, logits, features, updates["batch_stats"])
 
     def per_device_step(state, batch):
         images, labels = batch["image"], batch["label"]
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-        (loss, aux), grads = grad_fn(state.params, state.batch_stats, images, labels)
+        weight = weight_at(state.step) if callable(weight_at) else weight_at
+        (loss, aux), grads = grad_fn(state.params, state.batch_stats, images, labels, weight)
         ce, hnc_loss, logits, features, batch_stats = aux
         # Summed over devices by the transpose of the replicated params' broadcast.
         grads = jax.tree.map(lambda g: g / num_devices, grads)

@@ -110,8 +110,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if start == 0:
         writer.write_hparams(dict(config.to_dict(), num_train_steps=run.total_steps))
     args = (config, run.model, run.tx, run.schedule, run.mesh)
-    steps = {log: train.make_train_step(*args, with_num_posi=log) for log in (False, True)}
-    eval_step = evaluation.make_eval_step(run.model, run.mesh)
+    steps = {
+        log: train.make_train_step(*args, with_num_posi=log, epoch_steps=run.epoch_steps)
+        for log in (False, True)
+    }
+    eval_step = evaluation.make_eval_step(run.model, run.mesh, run.info.multi_label)
     predict = inference.make_predict(run.model, run.mesh)
     log_every = config.log_every_steps
     eval_every = _every(config.eval_every_steps, run.epoch_steps)
@@ -179,7 +182,7 @@ def evaluate_checkpoint(
     eval_<which>/...) at that step and returns them with 'step'."""
     restored = inference.restore(config, workdir, which)
     run = restored.job
-    eval_step = evaluation.make_eval_step(run.model, run.mesh)
+    eval_step = evaluation.make_eval_step(run.model, run.mesh, run.info.multi_label)
     result = evaluation.evaluate(eval_step, restored.state, run.dataset, config, run.mesh)
     writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
     prefixed = {k.replace("eval/", f"eval_{which}/"): v for k, v in result.items()}

@@ -1,57 +1,158 @@
-"""The CE / HNC-mse / HNC-kd sweep: its table, and a tiny end-to-end run."""
+"""The CE-vs-HNC study: its plan (stages, selection on validation), run configs, statistics,
+tables, and a tiny end-to-end study that resumes."""
 
 import json
 
 import numpy as np
 import pytest
+from scipy import stats
 
-from hnc_jax import sweep
+from configs import default
+from hnc_jax import sweep, sweep_report
+from hnc_jax.sweep import Run, Setting
 
-
-def _run(loss, seed, value):
-    metrics = {key: value for key, _ in sweep.COLUMNS}
-    return {"loss": loss, "seed": seed, **metrics}
-
-
-def test_format_table_means_and_spreads():
-    runs = [_run("none", 0, 0.5), _run("none", 1, 0.7), _run("mse", 0, 0.9)]
-    summary = sweep.summarize(runs)
-    mean, std = summary["none"]["top1"]
-    assert mean == pytest.approx(0.6) and std == pytest.approx(np.std([0.5, 0.7], ddof=1))
-    assert summary["mse"]["neg_peak"] == (0.9, 0.0)
-    lines = sweep.format_table(runs, note="n").splitlines()
-    assert lines[0].startswith("| loss | seeds | test top-1 |")
-    # Percent columns are scaled, the others not.
-    assert lines[2].startswith("| cross-entropy | 2 | 60.0 ± 14.1 |")
-    assert "| 0.60 ± 0.14 |" in lines[2]  # neg-CAM peak
-    assert lines[3].startswith("| HNC-mse | 1 | 90.0 ± 0.0 |") and lines[-1] == "n"
+PLAN = sweep.Plan(weights={"mse": (0.01, 0.1), "kd": (0.001, 0.01)}, k=3, k_values=(1,),
+                  warmups=(2.0,), val_seeds=2, test_seeds=3)  # fmt: skip
 
 
-def test_bad_sweep_arguments(tmp_path):
-    with pytest.raises(ValueError, match="unknown losses"):
-        sweep.main(["--workdir", str(tmp_path), "--out", str(tmp_path / "t.md"), "--losses=ce"])
-    with pytest.raises(ValueError, match="steps > 0"):
-        sweep.main(["--workdir", str(tmp_path), "--out", str(tmp_path / "t.md"), "--steps=0"])
+def _finish(results, runs, score):
+    for run in runs:
+        s = run.setting
+        results[run.name] = {
+            "name": run.name, "phase": run.phase, "loss": s.loss, "weight": s.weight,
+            "k": s.k, "warmup": s.warmup, "seed": run.seed, "top1": score(run),
+            "max_box_acc": 0.5, "seconds": 10.0,
+        }  # fmt: skip
+
+
+def test_plan_selects_on_validation_then_tests():
+    results = {}
+    grid = sweep.next_runs(results, PLAN)
+    # Stage 1, seed-major: every setting's seed 0 before any seed 1.
+    assert [r.seed for r in grid] == [0] * 5 + [1] * 5
+    assert {r.setting for r in grid} == {
+        Setting("none", 0.0, 3), Setting("mse", 0.01), Setting("mse", 0.1),
+        Setting("kd", 0.001), Setting("kd", 0.01),
+    }  # fmt: skip
+    assert all(r.phase == "val" for r in grid)
+    best_grid = {"mse": 0.1, "kd": 0.001}
+    _finish(results, grid[:7], lambda r: 0.9)
+    assert sweep.next_runs(results, PLAN) == grid[7:]  # Unfinished runs only.
+    _finish(
+        results,
+        grid[7:],
+        lambda r: 0.9 + 0.05 * (best_grid.get(r.setting.loss) == r.setting.weight),
+    )
+    variants = sweep.next_runs(results, PLAN)
+    # Warm-ups at the best weight and the next larger one (none above mse's 0.1).
+    assert {r.setting for r in variants} == {
+        Setting("mse", 0.1, 1), Setting("mse", 0.1, 3, 2.0),
+        Setting("kd", 0.001, 1), Setting("kd", 0.001, 3, 2.0), Setting("kd", 0.01, 3, 2.0),
+    }  # fmt: skip
+    # k=1 wins for mse (by validation top-1), the grid setting stays best for kd.
+    _finish(results, variants, lambda r: 0.99 if r.setting == Setting("mse", 0.1, 1) else 0.91)
+    final = sweep.next_runs(results, PLAN)
+    tests = [r for r in final if r.phase == "test"]
+    assert {r.setting for r in tests} == {
+        Setting("none", 0.0, 3), Setting("mse", 0.1, 1), Setting("kd", 0.001, 3)
+    }  # fmt: skip
+    assert sorted({r.seed for r in tests}) == [0, 1, 2]
+    assert {r.name for r in final if r.phase == "grid_test"} == {
+        r.name.replace("val/", "grid_test/") for r in grid
+    }
+    _finish(results, final, lambda r: 0.9)
+    assert sweep.next_runs(results, PLAN) == []
+
+
+def test_run_config_phases():
+    base = default.get_config()
+    setting = Setting("kd", 0.003, 1, 2.0)
+    val = sweep.run_config(base, Run("val", setting, 4), PLAN)
+    assert (val.train_split, val.eval_split) == ("train_fit", "validation")
+    assert (val.hnc.loss, val.hnc.weight, val.hnc.k, val.hnc.weight_warmup_epochs, val.seed) == (
+        "kd",
+        0.003,
+        1,
+        2.0,
+        4,
+    )
+    assert val.eval_every_steps == val.checkpoint_every_steps == sweep.NEVER
+    assert val.num_train_steps == -1 and val.image_panel_examples == 0
+    grid_test = sweep.run_config(base, Run("grid_test", setting, 4), PLAN)
+    assert (grid_test.train_split, grid_test.eval_split) == ("train_fit", "test")
+    test = sweep.run_config(base, Run("test", Setting("none"), 0), PLAN)
+    assert (test.train_split, test.eval_split, test.hnc.loss) == ("train", "test", "none")
+    assert Run("grid_test", setting, 4).workdir_name == "val/kd-w0.003-k1-wu2-s4"
+    assert base.hnc.loss == "mse"  # Not modified.
+
+
+def test_compare_against_welch_formula():
+    a, b = [0.91, 0.95, 0.93, 0.97, 0.92], [0.96, 0.97, 0.98]
+    out = sweep_report.compare(a, b)
+    assert out["diff"] == pytest.approx(np.mean(a) - np.mean(b))
+    # Welch's t and the Welch-Satterthwaite degrees of freedom, by hand.
+    va, vb = np.var(a, ddof=1) / len(a), np.var(b, ddof=1) / len(b)
+    t = (np.mean(a) - np.mean(b)) / np.sqrt(va + vb)
+    dof = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    assert out["p"] == pytest.approx(2 * stats.t.sf(abs(t), dof))
+    assert out["lo"] < out["diff"] < out["hi"] < 0  # b is better in every resample but few.
+    same = sweep_report.compare([0.5, 0.5], [0.5, 0.5])
+    assert same["diff"] == same["lo"] == same["hi"] == 0.0 and np.isnan(same["p"])
+
+
+def test_tables():
+    results = {}
+    runs = [Run(p, s, seed) for p in ("val", "test") for seed in range(3)
+            for s in (Setting("none"), Setting("mse", 0.1, 3))]  # fmt: skip
+    _finish(results, runs, lambda r: 0.9 + 0.01 * r.seed - 0.05 * (r.setting.loss == "mse"))
+    val = sweep_report.validation_table(results).splitlines()
+    assert val[0].startswith("| loss | setting | seeds | top-1 | MaxBoxAcc |")
+    assert val[2] == "| cross-entropy | - | 3 | 91.0 ± 1.0 | 50.0 ± 0.0 | 90.0 |"
+    assert val[3] == "| HNC-mse | w=0.1, k=3 | 3 | 86.0 ± 1.0 | 50.0 ± 0.0 | 85.0 |"
+    test = sweep_report.final_table(results).splitlines()
+    assert test[3].startswith("| HNC-mse | w=0.1, k=3 | 3 | 86.0 ± 1.0 | 50.0 ± 0.0 | -5.0 [")
+    assert test[3].endswith("| +0.0 [+0.0, +0.0], p=n/a |")
+
+
+def test_bad_arguments(tmp_path):
+    args = ["--workdir", str(tmp_path)]
+    with pytest.raises(ValueError, match="need weights > 0"):
+        sweep.main([*args, "--mse_weights=0,0.1"])
+    with pytest.raises(ValueError, match="for at least one loss"):
+        sweep.main([*args, "--mse_weights=", "--kd_weights="])
+    with pytest.raises(ValueError, match="seeds >= 1"):
+        sweep.main([*args, "--val_seeds=0"])
 
 
 @pytest.mark.slow
-def test_tiny_sweep_writes_its_table(tmp_path):
-    out = tmp_path / "sweep.md"
-    args = ["--workdir", str(tmp_path / "runs"), "--out", str(out), "--seeds=1", "--steps=2",
-            "--batch_size=16", "--eval_batch_size=32", "--train_split=train[:64]",
-            "--eval_split=test[:32]"]  # fmt: skip
-    runs = sweep.main(args)
-    assert [r["loss"] for r in runs] == ["none", "mse", "kd"]
-    table = out.read_text().splitlines()
-    assert [line.split("|")[1].strip() for line in table[2:5]] == [
-        "cross-entropy", "HNC-mse", "HNC-kd"
+def test_tiny_study_runs_and_resumes(tmp_path):
+    workdir = tmp_path / "study"
+    args = ["--workdir", str(workdir), "--mse_weights=0.1", "--kd_weights=", "--k_values=3",
+            "--warmups=", "--val_seeds=1", "--test_seeds=1", "--fit_split=train_fit[:64]",
+            "--val_split=validation[:32]", "--train_split=train[:64]", "--test_split=test[:32]",
+            "--batch_size=16", "--eval_batch_size=32", "--num_train_steps=2"]  # fmt: skip
+    results = sweep.main(args)
+    assert sorted(results) == [
+        "grid_test/mse-w0.1-k3-wu0-s0", "grid_test/none-s0", "test/mse-w0.1-k3-wu0-s0",
+        "test/none-s0", "val/mse-w0.1-k3-wu0-s0", "val/none-s0",
     ]  # fmt: skip
-    saved = json.loads((tmp_path / "sweep.md.json").read_text())
-    assert saved == json.loads(json.dumps(runs))
-    for run in runs:
+    for record in results.values():
         for key in ("top1", "gt_known_loc", "top1_loc", "max_box_acc", "peak_on_clutter"):
-            assert 0.0 <= run[key] <= 1.0
-        assert run["num_posi"] <= 9 * 6 * 6 and run["neg_peak"] > -1e3
-    # A finished run resumes from its checkpoint instead of retraining: same numbers.
-    again = sweep.main([*args, "--losses=mse"])
-    assert again[0]["top1"] == runs[1]["top1"] and again[0]["neg_peak"] == runs[1]["neg_peak"]
+            assert 0.0 <= record[key] <= 1.0
+        assert record["num_posi"] <= 9 * 6 * 6 and record["steps"] == 2
+    val = results["val/none-s0"]
+    assert (val["train_split"], val["eval_split"]) == ("train_fit[:64]", "validation[:32]")
+    assert val["top1"] == pytest.approx(val["eval_top1"])  # Two evaluations, one model.
+    grid = results["grid_test/mse-w0.1-k3-wu0-s0"]
+    assert (grid["train_split"], grid["eval_split"]) == ("train_fit[:64]", "test[:32]")
+    assert (workdir / "report.md").exists() and (workdir / "hnc_sweep.png").exists()
+    # A restart trains nothing and changes nothing.
+    lines = (workdir / sweep.RESULTS).read_text()
+    assert sweep.main(args) == results and (workdir / sweep.RESULTS).read_text() == lines
+    assert json.loads(lines.splitlines()[0])["name"] == "val/none-s0"
+    # A run that stopped early (SIGTERM saves and returns) is never measured as finished.
+    plan = sweep.Plan(fit_split="train_fit[:64]", val_split="validation[:32]")
+    config = sweep.run_config(default.get_config(), Run("val", Setting("none"), 0), plan)
+    config.batch_size, config.eval_batch_size, config.num_train_steps = 16, 32, 3
+    with pytest.raises(RuntimeError, match="stopped at step 2 of 3"):
+        sweep.measure(config, str(workdir / "val" / "none-s0"))

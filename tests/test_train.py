@@ -85,6 +85,27 @@ def test_step_loss_matches_full_cam_reference(hnc_step):
         np.testing.assert_array_equal(first[key], logged[key])
 
 
+def test_hnc_weight_warmup_ramps_from_zero():
+    config = tiny_config()
+    mesh, model, tx, state, _ = build(config)  # A fresh state: the fixture's may be donated.
+    assert train.hnc_weight(config, 10) == config.hnc.weight  # The original: a constant.
+    warm = tiny_config(**{"hnc.weight_warmup_epochs": 0.5})  # 5 steps of 10 per epoch.
+    weight = train.hnc_weight(warm, 10)
+    np.testing.assert_allclose([weight(s) for s in (0, 2, 5, 9)], [0, 0.04, 0.1, 0.1], rtol=1e-6)
+    with pytest.raises(ValueError, match="needs make_train_step"):
+        train.make_train_step(warm, model, tx, optax.constant_schedule(0.1), mesh)
+    step = train.make_train_step(
+        warm, model, tx, optax.constant_schedule(0.1), mesh, epoch_steps=10
+    )
+    batch = train.shard_batch(mesh, make_batch())
+    for at, factor in ((0, 0.0), (2, 0.4)):
+        start = jax.tree.map(jnp.copy, state).replace(step=jnp.int32(at))
+        _, mets = step(start, batch)
+        expected = mets["ce"] + factor * config.hnc.weight * mets["hnc"]
+        np.testing.assert_allclose(mets["loss"], expected, rtol=1e-6)
+        assert float(mets["hnc"]) > 0
+
+
 def _hard_negative_selections(hlo: str, k: int) -> int:
     return sum("top_k" in line and f"k = {k})" in line for line in hlo.splitlines())
 
@@ -185,6 +206,7 @@ def test_eval_sums_ignore_padding(hnc_step):
         ({"dataset": "no_such_dataset"}, "unknown dataset 'no_such_dataset'"),
         ({"hnc.k": 10}, "hnc.k must be in [1, 9]"),
         ({"hnc.weight": -0.1}, "hnc.weight must be >= 0"),
+        ({"hnc.weight_warmup_epochs": -1.0}, "hnc.weight_warmup_epochs must be >= 0"),
         ({"hnc.loss": "l1"}, "unknown hnc.loss 'l1'"),
         ({"schedule": "linear"}, "unknown schedule 'linear'"),
         (
