@@ -31,7 +31,7 @@ import ml_collections
 import optax
 from etils import epath
 
-from hnc_jax import cam, losses
+from hnc_jax import cam, losses, train
 
 PARTS = ("ce", "mse", "kd")
 
@@ -70,13 +70,7 @@ def make_probe(config: ml_collections.ConfigDict, model: Any) -> Any:
     hnc = config.hnc
 
     def part_losses(params, batch_stats, images, labels):
-        (logits, features), _ = model.apply(
-            {"params": params, "batch_stats": batch_stats},
-            images,
-            train=True,
-            return_features=True,
-            mutable=["batch_stats"],
-        )
+        (logits, features), _ = train.forward_train(model, params, batch_stats, images)
         kernel, bias = params["head"]["kernel"], params["head"]["bias"]
         kw = dict(k=hnc.k, alpha=hnc.alpha, temperature=hnc.temperature)
         values = {
@@ -126,7 +120,7 @@ def make_probe(config: ml_collections.ConfigDict, model: Any) -> Any:
 def trace(config: ml_collections.ConfigDict, every: int = 5) -> dict:
     """Trains `config` as the trainer does (no checkpoints) and probes every `every` steps;
     returns {'config', 'records': [...], 'eval': final eval metrics}."""
-    from hnc_jax import evaluation, input_pipeline, job, train  # TensorFlow: only here.
+    from hnc_jax import evaluation, input_pipeline, job  # TensorFlow: only here.
 
     run = job.build(config)
     if run.mesh.size != 1:

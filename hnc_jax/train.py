@@ -260,6 +260,20 @@ def device_batches(
     yield from queue
 
 
+def forward_train(
+    model: models.ResNet, params: Any, batch_stats: Any, images: jax.Array
+) -> tuple[tuple[jax.Array, jax.Array], Any]:
+    """Training-mode forward pass: `((logits (B, C), last-stage features (B, h, w, D)),
+    {'batch_stats': updated statistics})`."""
+    return model.apply(
+        {"params": params, "batch_stats": batch_stats},
+        images,
+        train=True,
+        return_features=True,
+        mutable=["batch_stats"],
+    )
+
+
 def make_train_step(
     config: ml_collections.ConfigDict,
     model: models.ResNet,
@@ -287,13 +301,7 @@ def make_train_step(
     weight_at = hnc_weight(config, epoch_steps or 1)
 
     def loss_fn(params, batch_stats, images, labels, weight):
-        (logits, features), updates = model.apply(
-            {"params": params, "batch_stats": batch_stats},
-            images,
-            train=True,
-            return_features=True,
-            mutable=["batch_stats"],
-        )
+        (logits, features), updates = forward_train(model, params, batch_stats, images)
         ce = losses.cross_entropy(logits, labels, config.label_smoothing)
         hnc_loss = jnp.float32(0.0)
         if use_hnc:
