@@ -159,7 +159,6 @@ def test_tfds_reads_a_dataset_prepared_in_a_bucket(gcs_emulator, gcs_digits_dir,
     assert len(examples) == builder.info.splits["test"].num_examples == 718
     labels = cluttered_digits._digits()[1]
     assert all(example["label"] == labels[example["source_id"]] for example in examples)
-    objects = gcs_emulator.list_objects("tfds", "data/cluttered_digits/default/1.0.0/")
-    assert "data/cluttered_digits/default/1.0.0/cluttered_digits-test.tfrecord-00000-of-00001" in (
-        objects
-    )
+    prefix = f"data/cluttered_digits/default/{builder.version}/"
+    objects = gcs_emulator.list_objects("tfds", prefix)
+    assert f"{prefix}cluttered_digits-test.tfrecord-00000-of-00001" in objects
