@@ -171,18 +171,27 @@ def localization_metrics(
 def negative_cam_hits(
     cams: Array, labels: Array, k: int, boxes: Array | None = None
 ) -> dict[str, np.ndarray]:
-    """Per image (B,) float64: `num_posi` (positive pixels over all C-1 negative CAMs),
+    """Per image (B,) float64: `num_posi` (positive pixels over every negative CAM),
     `neg_peak` (mean over the k hard negatives of each map's max) and, with boxes,
-    `peak_on_clutter` (fraction of those k maxima whose cell centre is outside the box)."""
+    `peak_on_clutter` (fraction of those k maxima whose cell centre is outside the box).
+
+    `labels` are (B,) int class ids or (B, C) multi-hot; with multi-hot every present class
+    is excluded, and an image with fewer than k absent classes averages over those it has.
+    Boxes need int labels (one object per image).
+    """
     _check_cams(cams)
     cams = np.asarray(cams, np.float32)
     batch, height, width, _ = cams.shape
     labels = np.asarray(labels)
-    _check_int_labels(labels, batch)
+    if boxes is not None:
+        _check_int_labels(labels, batch)
     out = {"num_posi": np.asarray(losses.num_positive_negative_pixels_per_image(cams, labels))}
-    idx, _ = losses.select_hard_negatives(jnp.asarray(cams.sum(axis=(1, 2))), labels, k)
+    idx, valid = losses.select_hard_negatives(jnp.asarray(cams.sum(axis=(1, 2))), labels, k)
     maps = np.take_along_axis(cams, np.asarray(idx)[:, None, None, :], -1).reshape(batch, -1, k)
-    out["neg_peak"] = maps.max(axis=1).mean(axis=1)
+    valid = np.asarray(valid)
+    out["neg_peak"] = np.sum(np.where(valid, maps.max(axis=1), 0.0), -1) / np.maximum(
+        valid.sum(-1), 1
+    )
     if boxes is not None:
         rows, cols = np.divmod(maps.argmax(axis=1), width)  # (B, k) peak cells
         y, x = (rows + 0.5) / height, (cols + 0.5) / width

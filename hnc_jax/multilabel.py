@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hnc_jax import losses
+from hnc_jax import cam
 
 Array = Any
 
@@ -74,19 +74,6 @@ def example_f1(logits: Array, targets: Array) -> jax.Array:
     return jnp.where(sizes > 0, 2.0 * both / jnp.maximum(sizes, 1), 1.0).astype(jnp.float32)
 
 
-def negative_cam_hits(cams: Array, targets: Array, k: int) -> dict[str, np.ndarray]:
-    """Per image (N,): `num_posi` (positive pixels over every absent class's CAM) and
-    `neg_peak` (mean over the valid ones of the k hard negatives of each map's max)."""
-    cams = np.asarray(cams, np.float32)
-    labels = jnp.asarray(np.asarray(targets, np.float32))
-    num_posi = losses.num_positive_negative_pixels_per_image(cams, labels)
-    idx, valid = losses.select_hard_negatives(jnp.asarray(cams.sum(axis=(1, 2))), labels, k)
-    peaks = np.take_along_axis(cams.max(axis=(1, 2)), np.asarray(idx), -1)
-    valid = np.asarray(valid)
-    neg_peak = np.sum(np.where(valid, peaks, 0.0), -1) / np.maximum(valid.sum(-1), 1)
-    return {"num_posi": np.asarray(num_posi, np.float64), "neg_peak": neg_peak.astype(np.float64)}
-
-
 def evaluate(apply_fn: Any, batches: Any, *, k: int) -> dict[str, float]:
     """mAP, f1, top1 (the top-scoring class is present), num_posi and neg_peak over eval
     batches {'image', 'label' (B, C) multi-hot, 'mask'}; `apply_fn(images) -> (logits, cams)`."""
@@ -96,7 +83,7 @@ def evaluate(apply_fn: Any, batches: Any, *, k: int) -> dict[str, float]:
         batch_logits, cams = apply_fn(batch["image"])
         logits.append(np.asarray(batch_logits)[keep])
         targets.append(np.asarray(batch["label"])[keep])
-        hits = negative_cam_hits(np.asarray(cams)[keep], targets[-1], k)
+        hits = cam.negative_cam_hits(np.asarray(cams)[keep], targets[-1], k)
         for name, values in parts.items():
             values.append(hits[name])
     logits, targets = np.concatenate(logits), np.concatenate(targets) > 0

@@ -151,10 +151,20 @@ def test_negative_cam_stats_hand_made():
     assert set(stats) == {"num_posi", "neg_peak"} and stats["num_posi"] == 20
 
 
+def test_negative_cam_hits_of_multi_hot_labels_skip_positives():
+    cams = np.zeros((2, 2, 2, 4), np.float32)
+    cams[:, 0, 0] = [9.0, 8.0, 3.0, -1.0]  # Image 0 has classes 0, 1: k=3 finds 2 negatives.
+    cams[:, 1, 1, 3] = 0.5
+    hits = cam.negative_cam_hits(cams, np.array([[1, 1, 0, 0], [0, 0, 0, 0]]), k=3)
+    # Image 1 has no object: its hard negatives are classes 0, 1, 2 (peaks 9, 8, 3).
+    np.testing.assert_allclose(hits["neg_peak"], [(3.0 + 0.5) / 2, (9.0 + 8.0 + 3.0) / 3])
+    np.testing.assert_allclose(hits["num_posi"], [2.0, 4.0])  # Cells > 0 of absent maps.
+
+
 def test_metrics_reject_multi_hot_labels():
     cams = np.zeros((2, 4, 4, 3), np.float32)
     with pytest.raises(ValueError, match="int class ids"):
-        cam.negative_cam_hits(cams, np.ones((2, 3), np.float32), k=1)
+        cam.negative_cam_hits(cams, np.ones((2, 3), np.float32), k=1, boxes=np.zeros((2, 4)))
     with pytest.raises(ValueError, match=r"rank 4"):
         cam.localization_hits(cams[0], np.zeros((2, 3)), [0, 1], np.zeros((2, 4)))
     with pytest.raises(ValueError, match=r"boxes must have shape \(2, 4\)"):

@@ -58,15 +58,6 @@ def test_bad_inputs():
         multilabel.example_f1(np.zeros((2, 2)), np.zeros((2, 3)))
 
 
-def test_negative_cam_hits_skip_positives():
-    cams = np.zeros((1, 2, 2, 4), np.float32)
-    cams[0, 0, 0] = [9.0, 8.0, 3.0, -1.0]  # Classes 0, 1 present: k=3 finds only 2 negatives.
-    cams[0, 1, 1, 3] = 0.5
-    hits = multilabel.negative_cam_hits(cams, np.array([[1, 1, 0, 0]]), k=3)
-    assert hits["neg_peak"] == pytest.approx([(3.0 + 0.5) / 2])
-    assert hits["num_posi"] == pytest.approx([2.0])  # 3.0 at (0, 0) and 0.5 at (1, 1).
-
-
 def test_evaluate_masks_padding():
     rng = np.random.default_rng(0)
     images = rng.normal(size=(6, 4))
