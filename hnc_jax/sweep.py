@@ -176,8 +176,8 @@ def run_config(base: ml_collections.ConfigDict, run: Run, plan: Plan) -> ml_coll
     config = base.copy_and_resolve_references()
     setting = run.setting
     config.hnc.loss, config.hnc.weight, config.hnc.k = setting.loss, setting.weight, setting.k
-    if setting.warmup:
-        config.hnc.weight_warmup_epochs = setting.warmup
+    # Always set: a base config with its own warm-up must not leak it into "wu0" runs.
+    config.hnc.weight_warmup_epochs = setting.warmup
     config.seed = run.seed
     config.train_split = plan.train_split if run.phase == "test" else plan.fit_split
     config.eval_split = plan.val_split if run.phase == "val" else plan.test_split

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from configs import default
+from configs import cluttered_digits_hard, default
 from hnc_jax import sweep, sweep_report
 from hnc_jax.sweep import Run, Setting
 
@@ -84,6 +84,9 @@ def test_run_config_phases():
     assert (test.train_split, test.eval_split, test.hnc.loss) == ("train", "test", "none")
     assert Run("grid_test", setting, 4).workdir_name == "val/kd-w0.003-k1-wu2-s4"
     assert base.hnc.loss == "mse"  # Not modified.
+    # The harder config warms its HNC weight up; a setting without warm-up has none.
+    hard = sweep.run_config(cluttered_digits_hard.get_config(), Run("val", Setting("kd"), 0), PLAN)
+    assert hard.hnc.weight_warmup_epochs == 0.0
 
 
 def test_compare_against_welch_formula():
