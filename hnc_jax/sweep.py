@@ -7,7 +7,7 @@ chosen settings retrained with more seeds and scored once on the test split.
 Every run is `configs/<--config>.py` with only the loss, weight, k, weight warm-up, seed and
 splits changed; it evaluates and checkpoints only at its last step. The stages:
 
-1. `val`: cross-entropy and every grid weight of HNC-mse and HNC-kd at the config's k,
+1. `val`: cross-entropy and every grid weight of HNC-mse and HNC-kd at the config's k (or `--k`),
    `--val_seeds` seeds each, trained on `--fit_split`, scored on `--val_split`.
 2. `val`: each HNC loss at its best grid weight (by mean validation top-1, or mAP on a
    multi-label dataset) with the other k values (`--k_values`), and at that weight and the
@@ -257,6 +257,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--mse_weights", default=",".join(map(str, defaults.weights["mse"])),
                         help="'' leaves HNC-mse out")  # fmt: skip
     parser.add_argument("--kd_weights", default=",".join(map(str, defaults.weights["kd"])))
+    parser.add_argument("--k", type=int, default=None, help="k of the grid (default: the config's)")
     parser.add_argument("--k_values", default="1", help="k tried at each loss's best weight")
     parser.add_argument("--warmups", default=",".join(map(str, defaults.warmups)),
                         help="hnc.weight_warmup_epochs to try ('' for none)")  # fmt: skip
@@ -272,21 +273,28 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, dict]:
-    args = parse_args(argv)
-    base = importlib.import_module(f"configs.{args.config}").get_config()
+def plan_of(args: argparse.Namespace, base: ml_collections.ConfigDict) -> Plan:
+    """The study's plan from its command line (`parse_args`) and base config; checks it."""
     grid = {"mse": _floats(args.mse_weights), "kd": _floats(args.kd_weights)}
     weights = {loss: ws for loss, ws in grid.items() if ws}  # An empty list drops the loss.
-    k_values = tuple(int(k) for k in _floats(args.k_values))
-    bad = [w for ws in weights.values() for w in ws if w <= 0] + [k for k in k_values if k < 1]
+    k = base.hnc.k if args.k is None else args.k
+    k_values = tuple(int(v) for v in _floats(args.k_values))
+    bad = [v for v in (k, *k_values) if v < 1] + [
+        w for ws in weights.values() for w in ws if w <= 0
+    ]
     if bad or not weights or min(args.val_seeds, args.test_seeds) < 1:
         raise ValueError(
             f"need weights > 0 (for at least one loss), k >= 1 and seeds >= 1; got weights "
-            f"{grid}, k_values {k_values}, seeds {args.val_seeds}/{args.test_seeds}"
+            f"{grid}, k {k}, k_values {k_values}, seeds {args.val_seeds}/{args.test_seeds}"
         )
-    plan = Plan(weights, base.hnc.k, k_values, _floats(args.warmups), args.val_seeds,
-                args.test_seeds, args.fit_split, args.val_split, args.train_split,
-                args.test_split)  # fmt: skip
+    return Plan(weights, k, k_values, _floats(args.warmups), args.val_seeds, args.test_seeds,
+                args.fit_split, args.val_split, args.train_split, args.test_split)  # fmt: skip
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, dict]:
+    args = parse_args(argv)
+    base = importlib.import_module(f"configs.{args.config}").get_config()
+    plan = plan_of(args, base)
     for field in ("batch_size", "eval_batch_size", "num_train_steps"):
         if getattr(args, field) is not None:
             base[field] = getattr(args, field)

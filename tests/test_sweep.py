@@ -2,12 +2,13 @@
 tables, and a tiny end-to-end study that resumes."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 from scipy import stats
 
-from configs import cluttered_digits_hard, default
+from configs import cluttered_digits_hard, cluttered_digits_multi, default
 from hnc_jax import sweep, sweep_report
 from hnc_jax.sweep import Run, Setting
 
@@ -125,6 +126,33 @@ def test_bad_arguments(tmp_path):
         sweep.main([*args, "--mse_weights=", "--kd_weights="])
     with pytest.raises(ValueError, match="seeds >= 1"):
         sweep.main([*args, "--val_seeds=0"])
+    with pytest.raises(ValueError, match="k >= 1"):
+        sweep.main([*args, "--k=0"])
+
+
+def test_committed_multi_label_study_selects_the_configs_setting(tmp_path):
+    """docs/study/multi.jsonl is the finished study of the README's command (its grid at k=3,
+    which --k keeps now that the config trains the selected k=1), and the config trains the
+    HNC-mse setting it selects on validation."""
+    (tmp_path / sweep.RESULTS).write_text(
+        (Path(__file__).parents[1] / "docs/study/multi.jsonl").read_text()
+    )
+    args = [
+        "--config=cluttered_digits_multi",
+        "--workdir",
+        str(tmp_path),
+        "--k=3",
+        "--mse_weights=0.001,0.003,0.01,0.03",
+        "--kd_weights=0.0001,0.0003,0.001,0.003",
+    ]
+    results = sweep.main([*args, "--report_only", f"--figure={tmp_path / 'figure.png'}"])
+    plan = sweep.plan_of(sweep.parse_args(args), cluttered_digits_multi.get_config())
+    assert len(results) == 87 and sweep.next_runs(results, plan) == []
+    hnc = cluttered_digits_multi.get_config().hnc
+    selected = sweep.best_settings(results, plan)
+    assert selected["mse"] == Setting("mse", hnc.weight, hnc.k)
+    assert selected["kd"] == Setting("kd", 0.0003, 1)
+    assert "| HNC-mse | w=0.003, k=1 | 5 |" in (tmp_path / "report.md").read_text()
 
 
 @pytest.mark.slow
