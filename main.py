@@ -60,17 +60,15 @@ def main(argv: list[str]) -> None:
     del argv
     # Orbax logs every save step at INFO; keep the log to progress and metrics.
     logging.get_absl_handler().addFilter(lambda record: "/orbax/" not in record.pathname)
-    from hnc_jax import convert, trainer  # After flag parsing: imports TensorFlow.
+    from hnc_jax.training import checkpoints, inference, loop  # After flags: TensorFlow.
 
     init_distributed()
     logging.info("process %d/%d, devices: %s", jax.process_index(), jax.process_count(),
                  jax.devices())  # fmt: skip
     try:
         if FLAGS.mode == "train":
-            result = trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+            result = loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
         elif FLAGS.mode == "cam":
-            from hnc_jax import inference
-
             out = FLAGS.out or str(epath.Path(FLAGS.workdir) / "cams.png")
             args = (FLAGS.config, FLAGS.workdir, FLAGS.images, FLAGS.num_images, out)
             path = inference.render_cams(*args)
@@ -80,10 +78,11 @@ def main(argv: list[str]) -> None:
         elif FLAGS.mode == "export":
             if not FLAGS.out:
                 raise ValueError("--mode=export needs --out=<file>.safetensors (or .pth)")
-            print(f"wrote {convert.export_checkpoint(FLAGS.workdir, FLAGS.out, FLAGS.checkpoint)}")
+            path = checkpoints.export_checkpoint(FLAGS.workdir, FLAGS.out, FLAGS.checkpoint)
+            print(f"wrote {path}")
             return
         else:
-            result = trainer.evaluate_checkpoint(FLAGS.config, FLAGS.workdir, FLAGS.checkpoint)
+            result = loop.evaluate_checkpoint(FLAGS.config, FLAGS.workdir, FLAGS.checkpoint)
     except (ValueError, FileNotFoundError, FloatingPointError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

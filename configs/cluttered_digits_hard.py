@@ -9,7 +9,7 @@ of their side). The default recipe, model and schedule (8 epochs = 352 steps of 
 HNC-mse setting the study selected on validation here: weight 0.01 (the default's 0.1 falls to
 27% validation top-1 on this data) ramped up over the first 2 epochs.
 Hardware: 2 CPU cores (Devices: 1), about the default's time (150 s with the cores free).
-Expected (README, "CE vs HNC", `python -m hnc_jax.sweep --config=cluttered_digits_hard
+Expected (docs/study.md, `python -m hnc_jax.study.sweep --config=cluttered_digits_hard
 --test_seeds=10`): test top-1 85.2 +- 10.8% over seeds 0-9 (84.5-91.6% on nine, 55.2% on seed
 3); cross-entropy (`--config.hnc.loss=none`) 86.0 +- 2.6%.
 """

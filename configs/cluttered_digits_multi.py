@@ -12,7 +12,7 @@ The default recipe, model and schedule, with the HNC-mse setting the study selec
 validation here: weight 0.003, k=1 (the default's 0.1 is far too strong against the sigmoid
 cross-entropy: 0.03 already falls to 57% validation mAP).
 Hardware: 2 CPU cores (Devices: 1), about the default's time.
-Expected (README, "CE vs HNC", `python -m hnc_jax.sweep --config=cluttered_digits_multi ...`):
+Expected (docs/study.md, `python -m hnc_jax.study.sweep --config=cluttered_digits_multi ...`):
 test mAP 88.7 +- 7.5% over seeds 0-4; cross-entropy (`--config.hnc.loss=none`) 93.5 +- 5.7%;
 HNC-kd at its selected setting (`--config.hnc.loss=kd --config.hnc.weight=0.0003`) 93.6 +- 4.6%.
 """

@@ -3,9 +3,9 @@
     python main.py --workdir=workdir/cub_r50 --config=configs/finetune_cub_resnet50_hnc_mse.py \
         --config.init_from=/path/to/resnet50.pth
 
-`init_from`: a torchvision `.pth` state_dict (see README, "Starting from torchvision
-weights") or an orbax checkpoint directory of this project; the 1000-class head is replaced
-by a fresh 200-class one. Devices: 1 (one GPU): about 5,994 train images x 40 epochs at batch 64.
+`init_from`: a torchvision `.pth` state_dict (see docs/weights.md) or an orbax checkpoint
+directory of this project; the 1000-class head is replaced by a fresh 200-class one.
+Devices: 1 (one GPU): about 5,994 train images x 40 epochs at batch 64.
 Expected result: not measured here (no GPU, no data download in this workplace).
 """
 

@@ -5,7 +5,7 @@ recipe") with cross-entropy only; the configs named after a model and loss adjus
 (coupled), lr x0.1 at epochs 30, 60 and 90, no warm-up, random-resized crop without flip,
 224x224, per-device BatchNorm statistics. Devices: 8 (8 GPUs, as the original, or an
 8-chip TPU slice such as a v5e-8). The data must be prepared in TFDS format (see
-README, "ImageNet"); point `--config.data_dir` at it (a local path or gs://).
+docs/data.md); point `--config.data_dir` at it (a local path or gs://).
 """
 
 import ml_collections

@@ -1,5 +1,5 @@
-"""Class activation maps: upsampling, boxes, localization metrics, negative-CAM statistics,
-and overlays in the layout of the paper's figure 1.
+"""Class activation maps: upsampling, boxes, localization metrics and negative-CAM statistics
+(the paper's figure-1 overlays of them are in `figures`).
 
 Shapes: cams (B, h, w, C) as the model returns them (6x6 for 48x48 digits with the small stem,
 7x7 at 224x224 with the ImageNet stem); logits (B, C); labels (B,) int class ids; images
@@ -20,18 +20,12 @@ Metrics are numpy (connected components need scipy); the model call is JAX.
 
 from __future__ import annotations
 
-import io
-import os
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from etils import epath
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.patches import Rectangle
 from scipy import ndimage
 
 from hnc_jax import losses
@@ -39,17 +33,16 @@ from hnc_jax import losses
 Array = Any
 # IoU >= 0.5, with slack for boxes stored as fractions of the side (1/3 + 1/6 != 0.5).
 IOU_THRESHOLD = 0.5 - 1e-9
-CELL_INCHES, DPI = 1.6, 100  # One overlay panel is 160x160 pixels in the PNG.
 THRESHOLDS = tuple(np.round(np.arange(0.05, 1.0, 0.05), 2).tolist())  # For MaxBoxAcc.
 METRICS = ("top1", "gt_known_loc", "top1_loc", "iou", "num_posi", "neg_peak", "peak_on_clutter")
 
 
-def _check_cams(cams: Array) -> None:
+def check_cams(cams: Array) -> None:
     if np.ndim(cams) != 4:
         raise ValueError(f"cams must have rank 4 (B, h, w, C), got shape {np.shape(cams)}")
 
 
-def _check_int_labels(labels: Array, batch: int) -> None:
+def check_int_labels(labels: Array, batch: int) -> None:
     labels = np.asarray(labels)
     if labels.shape != (batch,) or not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(
@@ -60,7 +53,7 @@ def _check_int_labels(labels: Array, batch: int) -> None:
 
 def upsample_cams(cams: Array, size: int) -> jax.Array:
     """(B, h, w, C) -> (B, size, size, C) float32, bilinear with half-pixel centres."""
-    _check_cams(cams)
+    check_cams(cams)
     batch, _, _, channels = np.shape(cams)
     return jax.image.resize(
         jnp.asarray(cams, jnp.float32), (batch, size, size, channels), method="bilinear"
@@ -69,7 +62,7 @@ def upsample_cams(cams: Array, size: int) -> jax.Array:
 
 def normalize_cams(cams: Array) -> jax.Array:
     """Min-max normalises each map of (B, H, W, C) over H, W to [0, 1]; flat maps become 0."""
-    _check_cams(cams)
+    check_cams(cams)
     cams = jnp.asarray(cams, jnp.float32)
     lo = jnp.min(cams, axis=(1, 2), keepdims=True)
     span = jnp.max(cams, axis=(1, 2), keepdims=True) - lo
@@ -135,9 +128,9 @@ def localization_hits(
 
     `size`: upsample the CAMs to (size, size) first (the image side); None uses them as given.
     """
-    _check_cams(cams)
+    check_cams(cams)
     labels = np.asarray(labels)
-    _check_int_labels(labels, np.shape(cams)[0])
+    check_int_labels(labels, np.shape(cams)[0])
     boxes = np.asarray(boxes, np.float64)
     if boxes.shape != (len(labels), 4):
         raise ValueError(f"boxes must have shape ({len(labels)}, 4), got {boxes.shape}")
@@ -179,12 +172,12 @@ def negative_cam_hits(
     is excluded, and an image with fewer than k absent classes averages over those it has.
     Boxes need int labels (one object per image).
     """
-    _check_cams(cams)
+    check_cams(cams)
     cams = np.asarray(cams, np.float32)
     batch, height, width, _ = cams.shape
     labels = np.asarray(labels)
     if boxes is not None:
-        _check_int_labels(labels, batch)
+        check_int_labels(labels, batch)
     out = {"num_posi": np.asarray(losses.num_positive_negative_pixels_per_image(cams, labels))}
     idx, valid = losses.select_hard_negatives(jnp.asarray(cams.sum(axis=(1, 2))), labels, k)
     maps = np.take_along_axis(cams, np.asarray(idx)[:, None, None, :], -1).reshape(batch, -1, k)
@@ -218,9 +211,9 @@ def gt_known_curve(
     Its batch mean maximised over thresholds is MaxBoxAcc (Choe et al., CVPR 2020): the
     localization score free of the threshold choice (a fixed one favours maps of one spread).
     """
-    _check_cams(cams)
+    check_cams(cams)
     labels = np.asarray(labels)
-    _check_int_labels(labels, np.shape(cams)[0])
+    check_int_labels(labels, np.shape(cams)[0])
     maps = _class_maps(cams, labels, size)
     found = np.array([[cam_box(m, t) for t in thresholds] for m in maps])  # (B, T, 4)
     return (box_iou(found, np.asarray(boxes, np.float64)[:, None]) >= IOU_THRESHOLD) * 1.0
@@ -257,115 +250,3 @@ def evaluate_cams(
     out["max_box_acc"] = float(curve.max())
     out["best_threshold"] = float(thresholds[int(np.argmax(curve))])
     return out
-
-
-def _display_image(image: np.ndarray) -> np.ndarray:
-    """Any-range (S, S, 3) image -> [0, 1] per image (undoes the pipeline's normalisation up
-    to an affine map, which is all a display needs)."""
-    image = np.asarray(image, np.float32)
-    lo, hi = image.min(), image.max()
-    return (image - lo) / (hi - lo) if hi > lo else np.zeros_like(image)
-
-
-def _draw_box(ax: Any, box: np.ndarray, size: int, color: str) -> None:
-    ymin, xmin, ymax, xmax = np.asarray(box) * size - 0.5  # pixel edges in imshow coordinates
-    ax.add_patch(
-        Rectangle((xmin, ymin), xmax - xmin, ymax - ymin, fill=False, lw=1.5, edgecolor=color)
-    )
-
-
-def overlay_figure(
-    images: Array,
-    cams: Array,
-    logits: Array,
-    labels: Array | None,
-    class_names: Sequence[str],
-    k: int = 3,
-    boxes: Array | None = None,
-    threshold: float = 0.2,
-) -> Figure:
-    """Figure 1 of the paper, one row per image: the input, the true class's CAM, the CAMs of
-    the k hard negatives, titled with class names and softmax scores. `labels` None (images
-    without annotation): the predicted class takes the true class's place ("top-1").
-
-    The CAMs of a row share one colour scale (their joint min and max), so a suppressed
-    negative map looks dark rather than being stretched to full contrast. With `boxes`, the
-    true box is drawn in green on the input and the true-class panel, and the CAM box
-    (`cam_box` at `threshold`) in red on the true-class panel.
-    """
-    _check_cams(cams)
-    images = np.asarray(images, np.float32)
-    batch, size = images.shape[0], images.shape[1]
-    first = "true" if labels is not None else "top-1"
-    labels = np.asarray(np.argmax(logits, -1) if labels is None else labels)
-    _check_int_labels(labels, batch)
-    if len(class_names) != np.shape(cams)[-1]:
-        raise ValueError(f"got {len(class_names)} class names for {np.shape(cams)[-1]} classes")
-    probs = np.asarray(jax.nn.softmax(jnp.asarray(logits, jnp.float32)))
-    idx, _ = losses.select_hard_negatives(jnp.asarray(logits), labels, k)
-    classes = np.concatenate([labels[:, None], np.asarray(idx)], axis=1)  # (B, 1 + k)
-    maps = np.asarray(
-        upsample_cams(
-            np.take_along_axis(np.asarray(cams, np.float32), classes[:, None, None, :], -1), size
-        )
-    )
-    cols = k + 2
-    fig = Figure(figsize=(cols * CELL_INCHES, batch * CELL_INCHES), dpi=DPI)
-    fig.subplots_adjust(
-        left=0.01, right=0.99, bottom=0.01, top=1 - 0.28 / batch, wspace=0.05, hspace=0.3
-    )
-    axes = fig.subplots(batch, cols, squeeze=False)
-    for b in range(batch):
-        shown = _display_image(images[b])
-        lo, hi = maps[b].min(), maps[b].max()
-        axes[b, 0].imshow(shown)
-        title = f"input: {class_names[labels[b]]}" if first == "true" else "input"
-        axes[b, 0].set_title(title, fontsize=8)
-        for j, c in enumerate(classes[b]):
-            ax = axes[b, j + 1]
-            ax.imshow(shown.mean(-1), cmap="gray")
-            ax.imshow(maps[b, ..., j], cmap="jet", alpha=0.5, vmin=lo, vmax=hi)
-            kind = first if j == 0 else f"neg {j}"
-            ax.set_title(
-                f"{kind}: {class_names[c]} {probs[b, c]:.2f}\nmax {maps[b, ..., j].max():.2f}",
-                fontsize=7,
-            )
-        if boxes is not None:
-            _draw_box(axes[b, 0], boxes[b], size, "lime")
-            _draw_box(axes[b, 1], boxes[b], size, "lime")
-            _draw_box(axes[b, 1], cam_box(maps[b, ..., 0], threshold), size, "red")
-        for ax in axes[b]:
-            ax.set_axis_off()
-    return fig
-
-
-def render_overlays(
-    images: Array,
-    cams: Array,
-    logits: Array,
-    labels: Array | None,
-    class_names: Sequence[str],
-    k: int,
-    path: str,
-    boxes: Array | None = None,
-    threshold: float = 0.2,
-) -> str:
-    """Writes `overlay_figure(...)` as a PNG of (B * 160) x ((k + 2) * 160) pixels to `path`
-    (a local path or a URL); returns `path`."""
-    fig = overlay_figure(images, cams, logits, labels, class_names, k, boxes, threshold)
-    return save_png(fig, path, DPI)
-
-
-def save_png(fig: Figure, path: str | os.PathLike, dpi: float | None = None) -> str:
-    """Writes a matplotlib figure as a PNG to `path` (a local path or a URL); returns it."""
-    buffer = io.BytesIO()
-    fig.savefig(buffer, dpi=dpi, format="png")
-    epath.Path(path).write_bytes(buffer.getvalue())
-    return str(path)
-
-
-def figure_to_array(fig: Figure) -> np.ndarray:
-    """A figure as an (H, W, 3) uint8 array (e.g. for a TensorBoard image summary)."""
-    canvas = FigureCanvasAgg(fig)
-    canvas.draw()
-    return np.asarray(canvas.buffer_rgba())[..., :3].copy()

@@ -191,11 +191,24 @@ def hnc_from_features(
 ) -> Array:
     """The training path: `hnc_mse`/`hnc_kd` of the full CAMs, from k maps only.
 
-    Selects the hard negatives from `logits` (B, C) (= mean_hw of the CAMs), then builds
-    their CAMs from `features` (B, H, W, D), `kernel` (D, C) and `bias` (C,).
-    Same value and gradient as `hnc_mse(features @ kernel + bias, labels, k, alpha)`
-    (or `hnc_kd`) up to float rounding. `axis_name`: see `hnc_mse_selected` (HNC-kd's
-    per-device sums over B_local already average to the global value).
+    Selects the hard negatives from `logits` (= mean_hw of the CAMs), then builds only their
+    CAMs from the features and the classifier's columns. Same value and gradient as
+    `hnc_mse(features @ kernel + bias, labels, k, alpha)` (or `hnc_kd`) up to float rounding.
+    Use it with any backbone whose head is global average pooling + a dense layer.
+
+    Args:
+      features: (B, H, W, D) the last stage's output, before pooling.
+      kernel: (D, C) the classifier's kernel; bias: (C,) its bias.
+      logits: (B, C) the classifier's output, `mean_hw(features) @ kernel + bias`.
+      labels: (B,) int or (B, C) multi-hot.
+      loss: 'mse' or 'kd'.
+      k: number of hard negatives, 1 <= k <= C-1.
+      alpha: HNC-mse's target value (0 in the original); temperature: HNC-kd's T > 0.
+      axis_name: inside shard_map, the batch's mesh axis (see `hnc_mse_selected`; HNC-kd's
+        per-device sums over B_local already average to the global value).
+
+    Returns:
+      Scalar float32 HNC loss (not yet multiplied by its weight).
     """
     if loss not in HNC_LOSSES:
         raise ValueError(f"unknown HNC loss {loss!r}; allowed: {', '.join(HNC_LOSSES)}")

@@ -16,7 +16,7 @@ that training can build only the CAMs it needs (`losses.hnc_from_features`) from
 Layers, padding and initialisation follow torchvision (stride on the 3x3 conv of the
 bottleneck, explicit symmetric padding, Kaiming-normal fan_out convolutions, BN scale 1 and
 bias 0, Kaiming-normal classifier kernel and zero bias), so parameter counts match
-torchvision's and its weights can be imported exactly (`convert.py`).
+torchvision's and its weights can be imported exactly (`weights.convert`).
 """
 
 import functools
@@ -58,8 +58,8 @@ def batch_norm(dtype: Any, train: bool, axis_name: str | None = None) -> ModuleD
     such as black canvas borders). In lower precision (bfloat16) it takes one pass,
     E[x^2] - mean^2 from the two float32 sums of one read of x: x itself then carries only 8
     significant bits, whose rounding (relative 2^-9 of |mean|) outweighs the float32
-    cancellation (2^-24 of mean^2 per term); it saves a read of every activation (see the
-    README's Benchmarks).
+    cancellation (2^-24 of mean^2 per term); it saves a read of every activation (see
+    docs/benchmarks.md).
     """
     return functools.partial(
         nn.BatchNorm,
@@ -135,7 +135,7 @@ class ResNet(nn.Module):
       bn_axis_name: mesh axis over which BatchNorm averages batch statistics (sync BN),
         or None for per-device statistics.
       scan_blocks: run each stage's identical stride-1 blocks with `nn.scan`: compiles
-        faster on deep nets, but XLA:CPU runs scanned convs much slower (see README).
+        faster on deep nets, but XLA:CPU runs scanned convs much slower (docs/benchmarks.md).
       input_normalization: (mean, std) per RGB channel: the input is raw [0, 255] pixels,
         mapped to (x / 255 - mean) / std in float32 first. None: the input is normalised.
     """

@@ -30,7 +30,7 @@ def gcs_digits_dir(gcs_emulator, tmp_path_factory) -> str:
     main.py prepares it, from an empty working directory that must stay empty."""
     import tensorflow_datasets as tfds
 
-    import hnc_jax.datasets  # noqa: F401  (registers cluttered_digits)
+    from hnc_jax.data import cluttered_digits  # noqa: F401  (registers the TFDS builder)
 
     data_dir = f"{gcs_emulator.create_bucket('tfds')}/data"
     cwd, previous = tmp_path_factory.mktemp("gcs_digits_cwd"), os.getcwd()

@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from hnc_jax import cam, losses
+from hnc_jax import cam, figures, losses
 
 
 def _blocks(batch_specs, size=6, classes=4):
@@ -194,7 +194,7 @@ def test_render_overlays_size_and_content(tmp_path):
     cams = _blocks([[(0, (0, 2, 0, 2), 4.0), (1, (4, 6, 4, 6), 3.0)]] * 2, classes=5)
     logits = cams.mean(axis=(1, 2))
     names = [f"class{i}" for i in range(5)]
-    path = cam.render_overlays(
+    path = figures.render_overlays(
         images,
         cams,
         logits,
@@ -227,4 +227,4 @@ def test_render_overlays_size_and_content(tmp_path):
 def test_overlay_rejects_wrong_class_names():
     cams = np.zeros((1, 4, 4, 3), np.float32)
     with pytest.raises(ValueError, match="class names"):
-        cam.overlay_figure(np.zeros((1, 8, 8, 3)), cams, np.zeros((1, 3)), [0], ["a", "b"], k=1)
+        figures.overlay_figure(np.zeros((1, 8, 8, 3)), cams, np.zeros((1, 3)), [0], ["a", "b"], k=1)

@@ -14,12 +14,12 @@ from tests.test_main import ROOT
 SAVE = textwrap.dedent(
     """
     import sys, jax, numpy as np
-    from hnc_jax import checkpoints, job, trainer
-    from tests.test_trainer import digits_config
+    from hnc_jax.training import checkpoints, job, loop
+    from tests.test_loop import digits_config
 
     config = digits_config(num_train_steps=2, batch_size=32, eval_batch_size=32)
     assert jax.device_count() == 4
-    trainer.train_and_evaluate(config, sys.argv[1])
+    loop.train_and_evaluate(config, sys.argv[1])
     run = job.build(config)
     manager = checkpoints.create_manager(sys.argv[1], config.keep_checkpoints, read_only=True)
     state = checkpoints.restore(manager, manager.latest_step(), run.state)
@@ -30,8 +30,8 @@ SAVE = textwrap.dedent(
 LOAD = textwrap.dedent(
     """
     import sys, jax, numpy as np
-    from hnc_jax import checkpoints, job
-    from tests.test_trainer import digits_config
+    from hnc_jax.training import checkpoints, job
+    from tests.test_loop import digits_config
 
     config = digits_config(batch_size=32, eval_batch_size=32)
     run = job.build(config)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from hnc_jax.datasets import cluttered_digits as cd
+from hnc_jax.data import cluttered_digits as cd
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +143,7 @@ def test_multi_labels_boxes_and_own_pools(multi):
 @pytest.mark.slow
 def test_multi_batches_are_multi_hot(multi):
     from configs import cluttered_digits_multi
-    from hnc_jax import input_pipeline
+    from hnc_jax.data import pipeline
 
     config = cluttered_digits_multi.get_config()
     config.data_dir, config.eval_split, config.eval_batch_size = (
@@ -151,10 +151,10 @@ def test_multi_batches_are_multi_hot(multi):
         "test",
         64,
     )
-    dataset = input_pipeline.load(config)
+    dataset = pipeline.load(config)
     info = dataset.info
     assert info.multi_label and info.num_classes == 10 and not info.has_boxes
-    batch = next(input_pipeline.eval_iterator(dataset, config))
+    batch = next(pipeline.eval_iterator(dataset, config))
     expected = np.zeros((64, 10), np.float32)
     for row, ex in enumerate(_examples(multi, "test")[:64]):
         expected[row, ex["labels"]] = 1.0

@@ -34,7 +34,8 @@ CHECK = textwrap.dedent(
     """
     import importlib, json, sys
     import jax
-    from hnc_jax import input_pipeline, job
+    from hnc_jax.data import pipeline
+    from hnc_jax.training import job
 
     cases, data_dir = json.loads(sys.argv[1]), sys.argv[2]
     for name, overrides in cases:
@@ -50,7 +51,7 @@ CHECK = textwrap.dedent(
             continue
         if config.dataset in ("imagenet2012", "image_folder"):  # Nothing to download.
             try:
-                input_pipeline.load(config)
+                pipeline.load(config)
                 print(json.dumps([name, "loaded", ""]))
             except (FileNotFoundError, ValueError) as error:
                 print(json.dumps([name, "missing", str(error)]))

@@ -18,7 +18,9 @@ import pytest
 from flax import traverse_util
 
 from configs import default
-from hnc_jax import checkpoints, convert, models, train
+from hnc_jax import models
+from hnc_jax.training import checkpoints, train_step
+from hnc_jax.weights import convert, formats
 
 TORCH_REASON = "torch is optional: pip install -r requirements-torch.txt"
 ROOT = Path(__file__).resolve().parents[1]
@@ -281,10 +283,10 @@ def test_load_pretrained_wrong_depth(resnet18_pth):
 def test_init_from_pth_fills_a_train_state(resnet18_pth):
     config = default.get_config()
     config.update(dict(model="resnet18", model_width=1.0, stem="imagenet"))
-    model = train.create_model(config, 3)
-    tx, _ = train.make_optimizer(config, epoch_steps=10)
-    mesh = train.make_mesh()
-    state = train.create_train_state(config, model, tx, jax.random.key(0), mesh, (32, 32, 3))
+    model = train_step.create_model(config, 3)
+    tx, _ = train_step.make_optimizer(config, epoch_steps=10)
+    mesh = train_step.make_mesh()
+    state = train_step.create_train_state(config, model, tx, jax.random.key(0), mesh, (32, 32, 3))
     loaded = checkpoints.init_from(str(resnet18_pth), state, num_classes=3)
     want = convert.from_torchvision(resnet18_pth)
     np.testing.assert_array_equal(loaded.params["head"]["bias"], state.params["head"]["bias"])
@@ -374,7 +376,7 @@ import sys
 sys.modules["torch"] = None  # `import torch` raises ImportError
 import numpy as np
 from flax import traverse_util
-from hnc_jax import convert
+from hnc_jax.weights import convert
 for name, path in [("pth", {str(resnet18_pth)!r}), ("safetensors", {str(st_path)!r})]:
     flat = traverse_util.flatten_dict(convert.from_torchvision(path), sep="/")
     np.savez({str(tmp_path)!r} + f"/{{name}}.npz", **flat)
@@ -459,7 +461,7 @@ def test_export_loads_strictly_into_torch_and_matches(tmp_path):
     for suffix in (".safetensors", ".pth"):
         path = convert.to_torchvision(variables, tmp_path / f"resnet50{suffix}")
         model = torch_resnet(50, 6, seed=9)
-        state_dict = convert.weight_files.read(path)
+        state_dict = formats.read(path)
         assert sorted(state_dict) == sorted(model.state_dict())
         if suffix == ".pth":  # safetensors sorts the names
             assert list(state_dict) == list(model.state_dict())  # torch's module order
@@ -481,9 +483,9 @@ def test_export_refuses_bad_paths_and_models(tmp_path, monkeypatch):
         convert.to_torchvision(broken, tmp_path / "model.safetensors")
     workdir, out = str(tmp_path / "work"), str(tmp_path / "model.safetensors")
     with pytest.raises(ValueError, match=r"no best checkpoint in .*work/checkpoints"):
-        convert.export_checkpoint(workdir, out, "best")
+        checkpoints.export_checkpoint(workdir, out, "best")
     with pytest.raises(ValueError, match=r"unknown checkpoint 'first'; allowed: latest, best"):
-        convert.export_checkpoint(workdir, out, "first")
+        checkpoints.export_checkpoint(workdir, out, "first")
     monkeypatch.setitem(sys.modules, "torch", None)  # makes `import torch` raise ImportError
     with pytest.raises(ImportError, match=r"pip install -r requirements-torch.txt"):
         convert.to_torchvision(variables, tmp_path / "resnet18.pth")
@@ -510,7 +512,7 @@ def test_main_exports_a_trained_workdir(tmp_path):
     script = f"""
 import jax, numpy as np
 from flax import traverse_util
-from hnc_jax import checkpoints
+from hnc_jax.training import checkpoints
 device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
 variables = jax.device_get(checkpoints.load_variables({str(workdir)!r}, device))
 np.savez({str(tmp_path / "saved.npz")!r}, **traverse_util.flatten_dict(variables, sep="/"))
@@ -521,7 +523,7 @@ np.savez({str(tmp_path / "saved.npz")!r}, **traverse_util.flatten_dict(variables
     assert saved.returncode == 0, saved.stderr[-3000:]
     with np.load(tmp_path / "saved.npz") as npz:
         variables = traverse_util.unflatten_dict(dict(npz), sep="/")
-    got, want = convert.weight_files.read(out), convert.to_state_dict(variables)
+    got, want = formats.read(out), convert.to_state_dict(variables)
     assert sorted(got) == sorted(want)
     for key, value in want.items():
         np.testing.assert_array_equal(got[key], value)

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hnc_jax import diagnose
+from hnc_jax.study import diagnose
 
 
 def test_box_mask_marks_cells_whose_centre_is_inside():

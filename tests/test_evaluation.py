@@ -1,12 +1,13 @@
 """Evaluation of a multi-label dataset: eval/mAP and eval/f1 against scikit-learn on the
-model's own predictions (the single-label sums are tested in test_train.py)."""
+model's own predictions (the single-label sums are tested in test_train_step.py)."""
 
 import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, f1_score
 
 from configs import cluttered_digits_multi
-from hnc_jax import evaluation, input_pipeline, job
+from hnc_jax.data import pipeline
+from hnc_jax.training import evaluation, job
 
 
 @pytest.mark.slow
@@ -17,7 +18,7 @@ def test_multi_label_eval_reports_map_and_f1():
     run = job.build(config)
     eval_step = evaluation.make_eval_step(run.model, run.mesh, multi_label=True)
     out = evaluation.evaluate(eval_step, run.state, run.dataset, config, run.mesh)
-    batches = list(input_pipeline.eval_iterator(run.dataset, config))
+    batches = list(pipeline.eval_iterator(run.dataset, config))
     keep = np.concatenate([b["mask"] for b in batches])
     images = np.concatenate([b["image"] for b in batches])[keep]
     labels = np.concatenate([b["label"] for b in batches])[keep].astype(int)

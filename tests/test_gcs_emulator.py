@@ -17,7 +17,7 @@ from clu import metric_writers
 from etils import epath
 from etils.epath import backend as epath_backend
 
-from hnc_jax.datasets import cluttered_digits
+from hnc_jax.data import cluttered_digits
 
 
 @pytest.fixture
@@ -77,7 +77,7 @@ def _state(step: int) -> dict:
 
 
 def _manager(directory: epath.Path, read_only: bool = False) -> ocp.CheckpointManager:
-    """The project's policy (hnc_jax/checkpoints.py): the last 2 steps and the best top-1."""
+    """The project's policy (`training.checkpoints`): the last 2 steps and the best top-1."""
     top1 = lambda metrics: metrics["eval/top1"]  # noqa: E731
     policy = ocp.checkpoint_managers.AnyPreservationPolicy(
         [

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from configs import default
-from hnc_jax import inference
+from hnc_jax.training import inference
 from tests.test_main import ROOT, TINY, run_main
 
 
@@ -47,15 +47,15 @@ def test_cam_mode_draws_eval_images_and_files(workdir, tmp_path):
 PADDING_SCRIPT = textwrap.dedent(
     """
     import jax, numpy as np
-    from hnc_jax import inference, train
-    from tests.test_train import make_batch, tiny_config
+    from hnc_jax.training import inference, train_step
+    from tests.test_train_step import make_batch, tiny_config
 
     config = tiny_config()
-    mesh = train.make_mesh()
+    mesh = train_step.make_mesh()
     assert mesh.size == 3
-    model = train.create_model(config, 10)
-    tx, _ = train.make_optimizer(config, 10)
-    state = train.create_train_state(config, model, tx, jax.random.key(0), mesh, (16, 16, 3))
+    model = train_step.create_model(config, 10)
+    tx, _ = train_step.make_optimizer(config, 10)
+    state = train_step.create_train_state(config, model, tx, jax.random.key(0), mesh, (16, 16, 3))
     predict = inference.make_predict(model, mesh)
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     for n in (1, 4, 6):  # Padded to 3, 6 and 6 rows.

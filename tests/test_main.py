@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_train import CACHE
+from tests.test_train_step import CACHE
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [

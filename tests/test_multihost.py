@@ -12,10 +12,10 @@ import optax
 import pytest
 from PIL import Image
 
-from hnc_jax import job
+from hnc_jax.training import job
+from tests.test_loop import final_params
 from tests.test_main import ROOT, TINY, run_main, summary_line
-from tests.test_train import tiny_config
-from tests.test_trainer import final_params
+from tests.test_train_step import tiny_config
 
 
 def _noise_folder(root) -> None:

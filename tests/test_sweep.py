@@ -9,10 +9,10 @@ import pytest
 from scipy import stats
 
 from configs import cluttered_digits_hard, cluttered_digits_multi, default
-from hnc_jax import sweep, sweep_report
-from hnc_jax.sweep import Run, Setting
+from hnc_jax.study import design, report, sweep
+from hnc_jax.study.design import Run, Setting
 
-PLAN = sweep.Plan(weights={"mse": (0.01, 0.1), "kd": (0.001, 0.01)}, k=3, k_values=(1,),
+PLAN = design.Plan(weights={"mse": (0.01, 0.1), "kd": (0.001, 0.01)}, k=3, k_values=(1,),
                   warmups=(2.0,), val_seeds=2, test_seeds=3)  # fmt: skip
 
 
@@ -28,7 +28,7 @@ def _finish(results, runs, score):
 
 def test_plan_selects_on_validation_then_tests():
     results = {}
-    grid = sweep.next_runs(results, PLAN)
+    grid = design.next_runs(results, PLAN)
     # Stage 1, seed-major: every setting's seed 0 before any seed 1.
     assert [r.seed for r in grid] == [0] * 5 + [1] * 5
     assert {r.setting for r in grid} == {
@@ -38,13 +38,13 @@ def test_plan_selects_on_validation_then_tests():
     assert all(r.phase == "val" for r in grid)
     best_grid = {"mse": 0.1, "kd": 0.001}
     _finish(results, grid[:7], lambda r: 0.9)
-    assert sweep.next_runs(results, PLAN) == grid[7:]  # Unfinished runs only.
+    assert design.next_runs(results, PLAN) == grid[7:]  # Unfinished runs only.
     _finish(
         results,
         grid[7:],
         lambda r: 0.9 + 0.05 * (best_grid.get(r.setting.loss) == r.setting.weight),
     )
-    variants = sweep.next_runs(results, PLAN)
+    variants = design.next_runs(results, PLAN)
     # Warm-ups at the best weight and the next larger one (none above mse's 0.1).
     assert {r.setting for r in variants} == {
         Setting("mse", 0.1, 1), Setting("mse", 0.1, 3, 2.0),
@@ -52,7 +52,7 @@ def test_plan_selects_on_validation_then_tests():
     }  # fmt: skip
     # k=1 wins for mse (by validation top-1), the grid setting stays best for kd.
     _finish(results, variants, lambda r: 0.99 if r.setting == Setting("mse", 0.1, 1) else 0.91)
-    final = sweep.next_runs(results, PLAN)
+    final = design.next_runs(results, PLAN)
     tests = [r for r in final if r.phase == "test"]
     assert {r.setting for r in tests} == {
         Setting("none", 0.0, 3), Setting("mse", 0.1, 1), Setting("kd", 0.001, 3)
@@ -62,7 +62,7 @@ def test_plan_selects_on_validation_then_tests():
         r.name.replace("val/", "grid_test/") for r in grid
     }
     _finish(results, final, lambda r: 0.9)
-    assert sweep.next_runs(results, PLAN) == []
+    assert design.next_runs(results, PLAN) == []
 
 
 def test_run_config_phases():
@@ -92,7 +92,7 @@ def test_run_config_phases():
 
 def test_compare_against_welch_formula():
     a, b = [0.91, 0.95, 0.93, 0.97, 0.92], [0.96, 0.97, 0.98]
-    out = sweep_report.compare(a, b)
+    out = report.compare(a, b)
     assert out["diff"] == pytest.approx(np.mean(a) - np.mean(b))
     # Welch's t and the Welch-Satterthwaite degrees of freedom, by hand.
     va, vb = np.var(a, ddof=1) / len(a), np.var(b, ddof=1) / len(b)
@@ -100,7 +100,7 @@ def test_compare_against_welch_formula():
     dof = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
     assert out["p"] == pytest.approx(2 * stats.t.sf(abs(t), dof))
     assert out["lo"] < out["diff"] < out["hi"] < 0  # b is better in every resample but few.
-    same = sweep_report.compare([0.5, 0.5], [0.5, 0.5])
+    same = report.compare([0.5, 0.5], [0.5, 0.5])
     assert same["diff"] == same["lo"] == same["hi"] == 0.0 and np.isnan(same["p"])
 
 
@@ -109,11 +109,11 @@ def test_tables():
     runs = [Run(p, s, seed) for p in ("val", "test") for seed in range(3)
             for s in (Setting("none"), Setting("mse", 0.1, 3))]  # fmt: skip
     _finish(results, runs, lambda r: 0.9 + 0.01 * r.seed - 0.05 * (r.setting.loss == "mse"))
-    val = sweep_report.validation_table(results).splitlines()
+    val = report.validation_table(results).splitlines()
     assert val[0].startswith("| loss | setting | seeds | top-1 | MaxBoxAcc |")
     assert val[2] == "| cross-entropy | - | 3 | 91.0 ± 1.0 | 50.0 ± 0.0 | 90.0 |"
     assert val[3] == "| HNC-mse | w=0.1, k=3 | 3 | 86.0 ± 1.0 | 50.0 ± 0.0 | 85.0 |"
-    test = sweep_report.final_table(results).splitlines()
+    test = report.final_table(results).splitlines()
     assert test[3].startswith("| HNC-mse | w=0.1, k=3 | 3 | 86.0 ± 1.0 | 50.0 ± 0.0 | -5.0 [")
     assert test[3].endswith("| +0.0 [+0.0, +0.0], p=n/a |")
 
@@ -131,10 +131,10 @@ def test_bad_arguments(tmp_path):
 
 
 def test_committed_multi_label_study_selects_the_configs_setting(tmp_path):
-    """docs/study/multi.jsonl is the finished study of the README's command (its grid at k=3,
+    """docs/study/multi.jsonl is the finished study of docs/study.md's command (its grid at k=3,
     which --k keeps now that the config trains the selected k=1), and the config trains the
     HNC-mse setting it selects on validation."""
-    (tmp_path / sweep.RESULTS).write_text(
+    (tmp_path / design.RESULTS).write_text(
         (Path(__file__).parents[1] / "docs/study/multi.jsonl").read_text()
     )
     args = [
@@ -147,9 +147,9 @@ def test_committed_multi_label_study_selects_the_configs_setting(tmp_path):
     ]
     results = sweep.main([*args, "--report_only", f"--figure={tmp_path / 'figure.png'}"])
     plan = sweep.plan_of(sweep.parse_args(args), cluttered_digits_multi.get_config())
-    assert len(results) == 87 and sweep.next_runs(results, plan) == []
+    assert len(results) == 87 and design.next_runs(results, plan) == []
     hnc = cluttered_digits_multi.get_config().hnc
-    selected = sweep.best_settings(results, plan)
+    selected = design.best_settings(results, plan)
     assert selected["mse"] == Setting("mse", hnc.weight, hnc.k)
     assert selected["kd"] == Setting("kd", 0.0003, 1)
     assert "| HNC-mse | w=0.003, k=1 | 5 |" in (tmp_path / "report.md").read_text()
@@ -178,11 +178,11 @@ def test_tiny_study_runs_and_resumes(tmp_path):
     assert (grid["train_split"], grid["eval_split"]) == ("train_fit[:64]", "test[:32]")
     assert (workdir / "report.md").exists() and (workdir / "hnc_sweep.png").exists()
     # A restart trains nothing and changes nothing.
-    lines = (workdir / sweep.RESULTS).read_text()
-    assert sweep.main(args) == results and (workdir / sweep.RESULTS).read_text() == lines
+    lines = (workdir / design.RESULTS).read_text()
+    assert sweep.main(args) == results and (workdir / design.RESULTS).read_text() == lines
     assert json.loads(lines.splitlines()[0])["name"] == "val/none-s0"
     # A run that stopped early (SIGTERM saves and returns) is never measured as finished.
-    plan = sweep.Plan(fit_split="train_fit[:64]", val_split="validation[:32]")
+    plan = design.Plan(fit_split="train_fit[:64]", val_split="validation[:32]")
     config = sweep.run_config(default.get_config(), Run("val", Setting("none"), 0), plan)
     config.batch_size, config.eval_batch_size, config.num_train_steps = 16, 32, 3
     with pytest.raises(RuntimeError, match="stopped at step 2 of 3"):

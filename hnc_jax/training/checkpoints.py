@@ -1,0 +1,131 @@
+"""Orbax checkpoints in `<workdir>/checkpoints`: asynchronous saves, the last n kept plus the
+best by eval top-1 (one manager, two preservation policies), restore of the latest or best.
+
+A checkpoint is the whole `TrainState` (step, params, batch_stats, opt_state); steps saved
+after an evaluation carry its metrics (`eval/top1`, ...), which rank them for "best".
+Restores always name their target's shapes, dtypes and shardings, so a checkpoint written
+on one device count restores on another. `init_from` starts a new run from the weights of a
+torchvision `.pth` file or of another run's latest checkpoint.
+
+Workdirs may be URLs (`gs://bucket/run`): paths go through `etils.epath`, as orbax's own.
+"""
+
+import os
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+
+from hnc_jax.weights import convert, formats
+
+BEST_METRIC = "eval/top1"
+
+
+def checkpoint_dir(workdir: str | os.PathLike) -> epath.Path:
+    """`<workdir>/checkpoints`, absolute (orbax needs it) unless `workdir` is a URL."""
+    path = epath.Path(workdir).expanduser()
+    if "://" not in os.fspath(workdir):
+        path = path.absolute()
+    return path / "checkpoints"
+
+
+def _best_metric(metrics: dict[str, float]) -> float:
+    return metrics[BEST_METRIC]
+
+
+def create_manager(
+    workdir: str | os.PathLike, keep: int, read_only: bool = False
+) -> ocp.CheckpointManager:
+    """Keeps the `keep` latest steps and the one with the highest eval top-1."""
+    policy = ocp.checkpoint_managers.AnyPreservationPolicy(
+        [
+            ocp.checkpoint_managers.LatestN(n=keep),
+            ocp.checkpoint_managers.BestN(
+                get_metric_fn=_best_metric,
+                n=1,
+                keep_checkpoints_without_metrics=False,
+            ),
+        ]
+    )
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=policy,
+        best_fn=_best_metric,  # Also makes orbax store the metrics.
+        enable_async_checkpointing=True,
+        read_only=read_only,
+        create=not read_only,
+    )
+    return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
+
+
+def save(
+    manager: ocp.CheckpointManager, step: int, state, metrics: dict[str, float] | None = None
+) -> None:
+    """Starts an asynchronous save of `state` at `step` (every process must call it)."""
+    manager.save(step, args=ocp.args.StandardSave(state), metrics=metrics, force=True)
+
+
+def restore(manager: ocp.CheckpointManager, step: int, target):
+    """The state saved at `step`, laid out (shapes, dtypes, shardings) like `target`."""
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    return manager.restore(step, args=ocp.args.StandardRestore(abstract))
+
+
+def load_variables(
+    path: str | os.PathLike, sharding: jax.sharding.Sharding, which: str = "latest"
+) -> dict:
+    """{'params', 'batch_stats'} of the 'latest' or 'best' checkpoint of a workdir (or its
+    checkpoints/ directory) of this project, as saved (any model and class count), placed
+    with `sharding` (e.g. replicated over this run's mesh, or one device: the saving run's
+    devices may not exist here). Raises ValueError (one line) when there is none."""
+    if which not in ("latest", "best"):
+        raise ValueError(f"unknown checkpoint {which!r}; allowed: latest, best")
+    directory = epath.Path(path)
+    if directory.name != "checkpoints":
+        directory = checkpoint_dir(path)
+    if not directory.is_dir():
+        raise ValueError(f"no {which} checkpoint in {directory} (no such directory)")
+    options = ocp.CheckpointManagerOptions(read_only=True, create=False, best_fn=_best_metric)
+    handler = ocp.StandardCheckpointHandler()
+    with ocp.CheckpointManager(directory, options=options, item_handlers=handler) as manager:
+        step = manager.latest_step() if which == "latest" else manager.best_step()
+        if step is None:
+            raise ValueError(f"no {which} checkpoint in {directory}")
+        saved = manager.item_metadata(step).tree
+        target = jax.tree.map(
+            lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding), saved
+        )
+        restored = manager.restore(step, args=ocp.args.StandardRestore(target))
+    return {"params": restored["params"], "batch_stats": restored["batch_stats"]}
+
+
+def init_from(path: str, state, num_classes: int):
+    """`state` with its params and BatchNorm statistics taken from `path`: a torchvision or
+    timm weight file (`convert.WEIGHT_FILE_SUFFIXES`) or a workdir of this project. The head
+    is re-initialised when the class count differs; the optimizer state stays fresh. Same
+    shardings as `state`."""
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    if str(path).endswith(convert.WEIGHT_FILE_SUFFIXES):
+        merged = convert.load_pretrained(path, variables, num_classes)
+    else:
+        imported = load_variables(path, state.step.sharding)
+        merged = convert.merge_pretrained(variables, imported, num_classes, f"{path}, which")
+
+    def place(new, old):  # Works on every process of a multi-host run alike.
+        host = np.asarray(new, old.dtype)
+        return jax.make_array_from_callback(host.shape, old.sharding, lambda index: host[index])
+
+    merged = jax.tree.map(place, merged, variables)
+    return state.replace(params=merged["params"], batch_stats=merged["batch_stats"])
+
+
+def export_checkpoint(workdir: str, path: str, which: str = "latest") -> str:
+    """Writes the 'latest' or 'best' checkpoint of a workdir of this project with
+    `convert.to_torchvision` (on process 0) and returns the path. Any device count may have
+    saved it (a pod slice, exported on a laptop): it is restored onto one device."""
+    formats.check_writable(path)
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    variables = load_variables(workdir, device, which)
+    if jax.process_index() == 0:
+        convert.to_torchvision(variables, path)
+    return path
