@@ -12,6 +12,7 @@ Multi-process (one process per host): --coordinator_address, --num_processes and
 allocation is detected automatically, anything else runs as a single process.
 """
 
+import logging as std_logging
 import os
 import sys
 
@@ -19,6 +20,8 @@ import jax
 from absl import app, flags, logging
 from etils import epath
 from ml_collections import config_flags
+
+from hnc_jax import errors
 
 flags.DEFINE_string("workdir", None, "Checkpoints and TensorBoard events go here.")
 config_flags.DEFINE_config_file(
@@ -58,8 +61,10 @@ def init_distributed() -> None:
 
 def main(argv: list[str]) -> None:
     del argv
-    # Orbax logs every save step at INFO; keep the log to progress and metrics.
-    logging.get_absl_handler().addFilter(lambda record: "/orbax/" not in record.pathname)
+    # Orbax logs every save step at INFO: keep its warnings and errors, drop the chatter.
+    logging.get_absl_handler().addFilter(
+        lambda record: "/orbax/" not in record.pathname or record.levelno >= std_logging.WARNING
+    )
     from hnc_jax.training import checkpoints, inference, loop  # After flags: TensorFlow.
 
     init_distributed()
@@ -77,13 +82,13 @@ def main(argv: list[str]) -> None:
             return
         elif FLAGS.mode == "export":
             if not FLAGS.out:
-                raise ValueError("--mode=export needs --out=<file>.safetensors (or .pth)")
+                raise errors.ConfigError("--mode=export needs --out=<file>.safetensors (or .pth)")
             path = checkpoints.export_checkpoint(FLAGS.workdir, FLAGS.out, FLAGS.checkpoint)
             print(f"wrote {path}")
             return
         else:
             result = loop.evaluate_checkpoint(FLAGS.config, FLAGS.workdir, FLAGS.checkpoint)
-    except (ValueError, FileNotFoundError, FloatingPointError, ImportError) as e:
+    except (errors.ConfigError, FloatingPointError) as e:  # Bad input; a diverged run.
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     logging.info("final: %s", result)

@@ -35,6 +35,7 @@ CHECK = textwrap.dedent(
     import importlib, json, sys
     import jax
     from hnc_jax.data import pipeline
+    from hnc_jax.errors import ConfigError
     from hnc_jax.training import job
 
     cases, data_dir = json.loads(sys.argv[1]), sys.argv[2]
@@ -46,14 +47,14 @@ CHECK = textwrap.dedent(
             config.image_folder = data_dir + "/no_folder"
         try:
             job.check(config)  # Everything that needs no data.
-        except ValueError as error:
+        except ConfigError as error:
             print(json.dumps([name, "invalid", str(error)]))
             continue
         if config.dataset in ("imagenet2012", "image_folder"):  # Nothing to download.
             try:
                 pipeline.load(config)
                 print(json.dumps([name, "loaded", ""]))
-            except (FileNotFoundError, ValueError) as error:
+            except ConfigError as error:
                 print(json.dumps([name, "missing", str(error)]))
         else:
             print(json.dumps([name, "valid", ""]))

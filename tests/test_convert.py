@@ -19,6 +19,7 @@ from flax import traverse_util
 
 from configs import default
 from hnc_jax import models
+from hnc_jax.errors import ConfigError
 from hnc_jax.training import checkpoints, train_step
 from hnc_jax.weights import convert, formats
 
@@ -487,7 +488,7 @@ def test_export_refuses_bad_paths_and_models(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"unknown checkpoint 'first'; allowed: latest, best"):
         checkpoints.export_checkpoint(workdir, out, "first")
     monkeypatch.setitem(sys.modules, "torch", None)  # makes `import torch` raise ImportError
-    with pytest.raises(ImportError, match=r"pip install -r requirements-torch.txt"):
+    with pytest.raises(ConfigError, match=r"pip install -r requirements-torch.txt"):
         convert.to_torchvision(variables, tmp_path / "resnet18.pth")
     assert list(tmp_path.iterdir()) == []
 

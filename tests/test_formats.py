@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
+from hnc_jax.errors import ConfigError
 from hnc_jax.weights import formats
 
 TORCH_REASON = "torch is optional: pip install -r requirements-torch.txt"
@@ -304,7 +305,7 @@ def test_writing_refuses_other_names_and_pth_without_torch(tmp_path, monkeypatch
     with pytest.raises(ValueError, match=r"cannot write .*model.npz: give a .safetensors or .pth"):
         formats.write(arrays, tmp_path / "model.npz")
     monkeypatch.setitem(sys.modules, "torch", None)  # makes `import torch` raise ImportError
-    with pytest.raises(ImportError, match=r"needs torch: pip install -r requirements-torch.txt"):
+    with pytest.raises(ConfigError, match=r"needs torch: pip install -r requirements-torch.txt"):
         formats.write(arrays, tmp_path / "model.pth")
     assert list(tmp_path.iterdir()) == []
 

@@ -17,6 +17,7 @@ from tensorflow_datasets.core.utils import shard_utils
 from hnc_jax.bench import resume
 from hnc_jax.data import image_stats, records, transforms
 from hnc_jax.data import pipeline as ip
+from hnc_jax.errors import ConfigError
 
 DIGITS_STREAM_SHA256 = "e00e8a67f8d74d311c306b209a890c8ef33f90ac1d696a9f7893f9c3fa590e90"
 
@@ -287,7 +288,7 @@ def test_missing_imagenet_names_dataset_dir_and_command(tmp_path):
         eval_split="validation",
     )
     assert ip.num_classes(config) == 1000  # From the metadata, with nothing prepared.
-    with pytest.raises(FileNotFoundError) as err:
+    with pytest.raises(ConfigError) as err:
         ip.load(config)
     message = str(err.value)
     assert "imagenet2012" in message and str(tmp_path) in message

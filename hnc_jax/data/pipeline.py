@@ -44,6 +44,7 @@ from hnc_jax.data import (
     transforms,
 )
 from hnc_jax.data.dataset import Dataset, DatasetInfo
+from hnc_jax.errors import ConfigError
 
 SMALL_IMAGE = 64
 SHUFFLE_BUFFER = 16_384  # Encoded records shuffled together (`records`); config may override.
@@ -52,12 +53,12 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
-    """Raises ValueError (one line) for a config the pipeline cannot serve; reads no data."""
+    """Raises ConfigError (one line) for a config the pipeline cannot serve; reads no data."""
     name = config.dataset
     if name == "image_folder":
         root = config.get("image_folder")
         if not root or not tf.io.gfile.isdir(root):
-            raise ValueError(
+            raise ConfigError(
                 f"dataset='image_folder' needs config.image_folder, a directory "
                 f"with {config.train_split}/ and {config.eval_split}/; got {root!r}"
             )
@@ -65,18 +66,18 @@ def validate(config: ml_collections.ConfigDict) -> None:
         try:
             tfds.builder_cls(name.split("/")[0].split(":")[0])
         except tfds.core.registered.DatasetNotFoundError:
-            raise ValueError(
+            raise ConfigError(
                 f"unknown dataset {name!r}: use a TFDS image-classification name "
                 "(e.g. imagenet2012, cifar10), 'cluttered_digits' or "
                 "'image_folder'"
             ) from None
     if config.image_size <= 0:
-        raise ValueError(f"image_size must be positive, got {config.image_size}")
+        raise ConfigError(f"image_size must be positive, got {config.image_size}")
     buffer = config.get("shuffle_buffer_size", SHUFFLE_BUFFER)
     if buffer <= 0:
-        raise ValueError(f"shuffle_buffer_size must be positive, got {buffer}")
+        raise ConfigError(f"shuffle_buffer_size must be positive, got {buffer}")
     if config.image_dtype not in transforms.IMAGE_DTYPES:
-        raise ValueError(
+        raise ConfigError(
             f"unknown image_dtype {config.image_dtype!r}; allowed: "
             + ", ".join(transforms.IMAGE_DTYPES)
         )
@@ -101,7 +102,7 @@ def _builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
 def _prepare(builder: tfds.core.DatasetBuilder) -> None:
     if not builder.is_prepared():
         if builder.MANUAL_DOWNLOAD_INSTRUCTIONS:
-            raise FileNotFoundError(_missing_message(builder))
+            raise ConfigError(_missing_message(builder))
         builder.download_and_prepare()  # Seconds for cluttered_digits; downloads otherwise.
 
 
@@ -117,7 +118,7 @@ def _label_spec(features: tfds.features.FeaturesDict) -> tuple[str, tfds.feature
             feature = None
         if isinstance(feature, tfds.features.ClassLabel):
             return key, feature
-    raise ValueError(
+    raise ConfigError(
         f"dataset has no 'label', 'labels' or 'objects/label' class-label feature: {keys}"
     )
 
@@ -154,7 +155,7 @@ def _folder_dataset(config: ml_collections.ConfigDict) -> Dataset:
 
 def load(config: ml_collections.ConfigDict) -> Dataset:
     """The configured dataset, validated and ready to read: prepares it (cluttered_digits is
-    built in seconds; a missing manual download raises FileNotFoundError, one line) or lists
+    built in seconds; a missing manual download raises ConfigError, one line) or lists
     the image folders, once per run. Pass it to `train_iterator` and `eval_iterator`."""
     validate(config)
     if config.dataset == "image_folder":
@@ -242,7 +243,7 @@ def train_iterator(
     n = records.part_size(dataset, config.train_split, True)
     steps_per_epoch = n // batch
     if steps_per_epoch == 0:
-        raise ValueError(
+        raise ConfigError(
             f"batch_size={config.batch_size} exceeds the {n} train examples of each process"
         )
     preprocess = _preprocess(config, dataset, train=True)

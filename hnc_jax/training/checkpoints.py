@@ -17,6 +17,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from hnc_jax.errors import ConfigError
 from hnc_jax.weights import convert, formats
 
 BEST_METRIC = "eval/top1"
@@ -77,20 +78,20 @@ def load_variables(
     """{'params', 'batch_stats'} of the 'latest' or 'best' checkpoint of a workdir (or its
     checkpoints/ directory) of this project, as saved (any model and class count), placed
     with `sharding` (e.g. replicated over this run's mesh, or one device: the saving run's
-    devices may not exist here). Raises ValueError (one line) when there is none."""
+    devices may not exist here). Raises ConfigError (one line) when there is none."""
     if which not in ("latest", "best"):
-        raise ValueError(f"unknown checkpoint {which!r}; allowed: latest, best")
+        raise ConfigError(f"unknown checkpoint {which!r}; allowed: latest, best")
     directory = epath.Path(path)
     if directory.name != "checkpoints":
         directory = checkpoint_dir(path)
     if not directory.is_dir():
-        raise ValueError(f"no {which} checkpoint in {directory} (no such directory)")
+        raise ConfigError(f"no {which} checkpoint in {directory} (no such directory)")
     options = ocp.CheckpointManagerOptions(read_only=True, create=False, best_fn=_best_metric)
     handler = ocp.StandardCheckpointHandler()
     with ocp.CheckpointManager(directory, options=options, item_handlers=handler) as manager:
         step = manager.latest_step() if which == "latest" else manager.best_step()
         if step is None:
-            raise ValueError(f"no {which} checkpoint in {directory}")
+            raise ConfigError(f"no {which} checkpoint in {directory}")
         saved = manager.item_metadata(step).tree
         target = jax.tree.map(
             lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding), saved
@@ -105,11 +106,16 @@ def init_from(path: str, state, num_classes: int):
     is re-initialised when the class count differs; the optimizer state stays fresh. Same
     shardings as `state`."""
     variables = {"params": state.params, "batch_stats": state.batch_stats}
-    if str(path).endswith(convert.WEIGHT_FILE_SUFFIXES):
-        merged = convert.load_pretrained(path, variables, num_classes)
-    else:
-        imported = load_variables(path, state.step.sharding)
-        merged = convert.merge_pretrained(variables, imported, num_classes, f"{path}, which")
+    try:
+        if str(path).endswith(convert.WEIGHT_FILE_SUFFIXES):
+            merged = convert.load_pretrained(path, variables, num_classes)
+        else:
+            imported = load_variables(path, state.step.sharding)
+            merged = convert.merge_pretrained(variables, imported, num_classes, f"{path}, which")
+    except ConfigError:
+        raise
+    except (ValueError, FileNotFoundError) as e:  # The weights' own checks: the user's file.
+        raise ConfigError(f"init_from={path}: {e}") from e
 
     def place(new, old):  # Works on every process of a multi-host run alike.
         host = np.asarray(new, old.dtype)

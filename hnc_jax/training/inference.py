@@ -20,6 +20,7 @@ from jax.sharding import PartitionSpec as P
 from hnc_jax import figures, models
 from hnc_jax.data import pipeline, transforms
 from hnc_jax.data.dataset import Dataset, DatasetInfo
+from hnc_jax.errors import ConfigError
 from hnc_jax.training import checkpoints, job, train_step
 
 Predict = Callable[[train_step.TrainState, np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -71,18 +72,18 @@ def restore(
     config: ml_collections.ConfigDict, workdir: str | os.PathLike, which: str = "latest"
 ) -> Restored:
     """The 'latest' or 'best' checkpoint of `workdir` (a path or URL), on this run's devices.
-    Raises ValueError (one line) when there is none."""
+    Raises ConfigError (one line) when there is none."""
     if which not in ("latest", "best"):
-        raise ValueError(f"unknown checkpoint {which!r}; allowed: latest, best")
+        raise ConfigError(f"unknown checkpoint {which!r}; allowed: latest, best")
     built = job.build(config)
     directory = checkpoints.checkpoint_dir(workdir)
     if not directory.is_dir():
-        raise ValueError(f"no checkpoint in {directory}")
+        raise ConfigError(f"no checkpoint in {directory}")
     manager = checkpoints.create_manager(workdir, config.keep_checkpoints, read_only=True)
     step = manager.latest_step() if which == "latest" else manager.best_step()
     if step is None:
         manager.close()
-        raise ValueError(f"no {which} checkpoint in {directory}")
+        raise ConfigError(f"no {which} checkpoint in {directory}")
     state = checkpoints.restore(manager, step, built.state)
     manager.close()
     predict = make_predict(built.model, built.mesh)
@@ -96,7 +97,7 @@ def load_images(paths: Sequence[str], config: ml_collections.ConfigDict) -> np.n
     out = []
     for path in paths:
         if not tf.io.gfile.exists(path):
-            raise FileNotFoundError(f"image file not found: {path}")
+            raise ConfigError(f"image file not found: {path}")
         data = tf.io.read_file(path)
         if config.image_size <= pipeline.SMALL_IMAGE:
             image = transforms.decode_small(data, config.image_size)
@@ -137,7 +138,7 @@ def render_cams(
     class stands in for the true one), or else for the first `num_eval` eval images (with
     their labels and boxes). Returns `out`."""
     if not images and num_eval <= 0:
-        raise ValueError(f"give image files or num_eval > 0, got num_eval={num_eval}")
+        raise ConfigError(f"give image files or num_eval > 0, got num_eval={num_eval}")
     restored = restore(config, workdir)
     info = restored.job.info
     if images:

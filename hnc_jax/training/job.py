@@ -3,7 +3,7 @@ fresh replicated state. Training, evaluation and prediction all start here.
 
 Checks come before anything expensive: the config's own fields and the dataset's class
 count (from its metadata) first, then the dataset is prepared (the embedded one is built in
-seconds; a missing manual download is a one-line FileNotFoundError), and only then is
+seconds; a missing manual download is a one-line ConfigError), and only then is
 anything initialised or compiled. Nothing is written to a workdir here.
 """
 
@@ -40,7 +40,7 @@ class Job:
 
 
 def check(config: ml_collections.ConfigDict) -> int:
-    """Raises ValueError (one line) for a config that cannot run; reads no data. Returns the
+    """Raises ConfigError (one line) for a config that cannot run; reads no data. Returns the
     dataset's class count."""
     pipeline.validate(config)
     num_classes = pipeline.num_classes(config)

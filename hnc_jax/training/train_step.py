@@ -37,6 +37,7 @@ from jax.sharding import PartitionSpec as P
 
 from hnc_jax import losses, models
 from hnc_jax.data import image_stats
+from hnc_jax.errors import ConfigError
 
 HNC_CHOICES = ("mse", "kd", "none")
 SCHEDULES = ("step", "cosine")
@@ -65,62 +66,62 @@ def enable_compilation_cache(path: str | None = DEFAULT_CACHE_DIR) -> None:
 
 def _one_of(name: str, value: Any, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
-        raise ValueError(f"unknown {name} {value!r}; allowed: {', '.join(allowed)}")
+        raise ConfigError(f"unknown {name} {value!r}; allowed: {', '.join(allowed)}")
 
 
 def validate_config(
     config: ml_collections.ConfigDict, num_classes: int, devices: int | None = None
 ) -> None:
-    """Raises ValueError (one line) for a config that cannot train a dataset of
+    """Raises ConfigError (one line) for a config that cannot train a dataset of
     `num_classes` classes on `devices` devices (default `jax.device_count()`). Needs no data:
     runs before the dataset is prepared, anything is compiled or the workdir is touched."""
     _one_of("model", config.model, models.MODEL_NAMES)
     _one_of("stem", config.stem, models.STEMS)
     if config.model_width <= 0:
-        raise ValueError(f"model_width must be > 0, got {config.model_width}")
+        raise ConfigError(f"model_width must be > 0, got {config.model_width}")
     _one_of("hnc.loss", config.hnc.loss, HNC_CHOICES)
     if config.hnc.weight < 0:
-        raise ValueError(f"hnc.weight must be >= 0, got {config.hnc.weight}")
+        raise ConfigError(f"hnc.weight must be >= 0, got {config.hnc.weight}")
     if config.hnc.weight_warmup_epochs < 0:
-        raise ValueError(
+        raise ConfigError(
             f"hnc.weight_warmup_epochs must be >= 0, got {config.hnc.weight_warmup_epochs}"
         )
     if config.hnc.temperature <= 0:
-        raise ValueError(f"hnc.temperature must be > 0, got {config.hnc.temperature}")
+        raise ConfigError(f"hnc.temperature must be > 0, got {config.hnc.temperature}")
     if config.hnc.loss != "none" and not 1 <= config.hnc.k < num_classes:
-        raise ValueError(
+        raise ConfigError(
             f"hnc.k must be in [1, {num_classes - 1}] ({config.dataset} has {num_classes} "
             f"classes), got {config.hnc.k}"
         )
     _one_of("schedule", config.schedule, SCHEDULES)
     if config.schedule == "step" and any(e <= config.warmup_epochs for e in config.lr_decay_epochs):
-        raise ValueError(
+        raise ConfigError(
             f"lr_decay_epochs {list(config.lr_decay_epochs)} must all be after warmup_epochs="
             f"{config.warmup_epochs}"
         )
     _one_of("optimizer.weight_decay_mode", config.optimizer.weight_decay_mode, WEIGHT_DECAY_MODES)
     opt = config.optimizer
     if opt.learning_rate <= 0 or not 0 <= opt.momentum < 1 or opt.weight_decay < 0:
-        raise ValueError(
+        raise ConfigError(
             "optimizer needs learning_rate > 0, 0 <= momentum < 1 and weight_decay >= 0, got "
             f"{opt.learning_rate}, {opt.momentum}, {opt.weight_decay}"
         )
     if not 0 <= config.label_smoothing < 1 or config.grad_clip_norm < 0:
-        raise ValueError("label_smoothing must be in [0, 1) and grad_clip_norm >= 0 (0: off)")
+        raise ConfigError("label_smoothing must be in [0, 1) and grad_clip_norm >= 0 (0: off)")
     for field in ("log_every_steps", "eval_every_steps", "checkpoint_every_steps"):
         if config[field] == 0 or config[field] < -1:
-            raise ValueError(f"{field} must be > 0 (or -1: every epoch), got {config[field]}")
+            raise ConfigError(f"{field} must be > 0 (or -1: every epoch), got {config[field]}")
     if config.keep_checkpoints < 1:
-        raise ValueError(f"keep_checkpoints must be >= 1, got {config.keep_checkpoints}")
+        raise ConfigError(f"keep_checkpoints must be >= 1, got {config.keep_checkpoints}")
     devices = devices or jax.device_count()
     for field in ("batch_size", "eval_batch_size"):
         if config[field] <= 0 or config[field] % devices:
-            raise ValueError(
+            raise ConfigError(
                 f"{field}={config[field]} must be a positive multiple of the {devices} devices "
                 "(jax.device_count())"
             )
     if config.init_from and not epath.Path(config.init_from).exists():
-        raise ValueError(
+        raise ConfigError(
             f"init_from {config.init_from!r} does not exist; give a torchvision/timm weight "
             "file (.pth, .safetensors, ...) or a workdir of this project"
         )

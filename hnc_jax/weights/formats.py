@@ -38,6 +38,8 @@ import safetensors
 import safetensors.numpy
 from etils import epath
 
+from hnc_jax.errors import ConfigError
+
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _LEGACY_PROTOCOL = 1001
 # torch.<Name>Storage (the storage type a `_rebuild_tensor_v2` tensor names) -> element dtype.
@@ -334,16 +336,16 @@ def read(path: str | os.PathLike) -> Any:
 
 
 def check_writable(path: str | os.PathLike) -> None:
-    """ValueError unless `path` names a `.safetensors` or `.pth` file; ImportError naming
-    requirements-torch.txt for `.pth` without torch. Cheap: call it before the work."""
+    """ConfigError unless `path` names a `.safetensors` file, or a `.pth` file with torch
+    installed (the message names requirements-torch.txt). Cheap: call it before the work."""
     path = os.fspath(path)
     if not path.endswith(WRITE_SUFFIXES):
-        raise ValueError(f"cannot write {path}: give a {' or '.join(WRITE_SUFFIXES)} file")
+        raise ConfigError(f"cannot write {path}: give a {' or '.join(WRITE_SUFFIXES)} file")
     if path.endswith(".pth"):
         try:
             import torch  # noqa: F401
         except ImportError as e:
-            raise ImportError(
+            raise ConfigError(
                 f"writing {path} needs torch: pip install -r requirements-torch.txt "
                 "(or write a .safetensors file)"
             ) from e
