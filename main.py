@@ -41,6 +41,13 @@ flags.DEFINE_string(
     "the .safetensors or .pth file (torchvision's state_dict layout).",
 )
 flags.DEFINE_enum("checkpoint", "latest", ["latest", "best"], "Checkpoint to evaluate/export.")
+flags.DEFINE_list(
+    "allow_config_change",
+    [],
+    "Config fields that may differ from the workdir's stored config, on purpose (recorded).",
+)
+flags.DEFINE_bool("force_owner", False, "--mode=train: take the workdir over from a run gone.")
+flags.DEFINE_integer("restore_step", None, "--mode=train: resume from this kept step.")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
 flags.DEFINE_integer("num_processes", None, "Number of processes.")
 flags.DEFINE_integer("process_id", None, "This process's index.")
@@ -48,15 +55,48 @@ flags.mark_flags_as_required(["workdir"])
 FLAGS = flags.FLAGS
 
 
+# Set by the clusters `jax.distributed.initialize()` detects (Cloud TPU, SLURM, Open MPI).
+CLUSTER_ENV = ("TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS", "SLURM_JOB_ID",
+               "OMPI_MCA_orte_hnp_uri", "JAX_COORDINATOR_ADDRESS")  # fmt: skip
+
+
 def init_distributed() -> None:
-    """Connects the processes (explicit flags, else cluster auto-detection, else alone)."""
+    """Connects the processes (explicit flags, else cluster auto-detection, else alone). In a
+    cluster's environment a failed detection is an error: each host training alone against
+    the shared workdir would be silently wrong."""
     if FLAGS.coordinator_address or FLAGS.num_processes:
         jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
         return
     try:
         jax.distributed.initialize()  # Cloud TPU, SLURM, MPI, ... when detected.
-    except ValueError:  # No cluster: a single process.
-        pass
+    except ValueError:
+        if found := [name for name in CLUSTER_ENV if name in os.environ]:
+            raise errors.ConfigError(
+                f"cluster environment ({', '.join(found)}) but jax.distributed could not "
+                "connect the processes: pass --coordinator_address, --num_processes and "
+                "--process_id"
+            ) from None
+        logging.info("no cluster detected: running as a single process")
+
+
+def selected_config(workdirs):
+    """The run's config: `--config` for training (the loop checks it against the workdir);
+    for eval, cam and export the workdir's stored config (with any --config.* overrides)
+    unless --config=FILE is given, checked against the stored one all the same."""
+    config = FLAGS.config
+    if FLAGS.mode == "train":
+        return config
+    if not FLAGS["config"].present and (stored := workdirs.stored_config(FLAGS.workdir)):
+        stored.update_from_flattened_dict(config_flags.get_override_values(FLAGS["config"]))
+        config = stored
+    may_change = (*workdirs.RESUMABLE, *workdirs.EVAL_ONLY)
+    workdirs.check_config(FLAGS.workdir, config, FLAGS.allow_config_change, may_change)
+    return config
+
+
+def summary(result: dict) -> str:
+    """`key=value ...`: integers as integers, other metrics to 4 decimals."""
+    return " ".join(f"{k}={v}" if isinstance(v, int) else f"{k}={v:.4f}" for k, v in result.items())
 
 
 def main(argv: list[str]) -> None:
@@ -65,17 +105,31 @@ def main(argv: list[str]) -> None:
     logging.get_absl_handler().addFilter(
         lambda record: "/orbax/" not in record.pathname or record.levelno >= std_logging.WARNING
     )
-    from hnc_jax.training import checkpoints, inference, loop  # After flags: TensorFlow.
+    from hnc_jax.training import (  # After flags: TensorFlow.
+        checkpoints,
+        inference,
+        loop,
+        workdirs,
+    )
 
-    init_distributed()
-    logging.info("process %d/%d, devices: %s", jax.process_index(), jax.process_count(),
-                 jax.devices())  # fmt: skip
     try:
+        init_distributed()
+        logging.info("process %d/%d, devices: %s", jax.process_index(), jax.process_count(),
+                     jax.devices())  # fmt: skip
+        config = selected_config(workdirs)
         if FLAGS.mode == "train":
-            result = loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+            result = loop.train_and_evaluate(
+                config, FLAGS.workdir, FLAGS.allow_config_change, FLAGS.force_owner,
+                FLAGS.restore_step,
+            )  # fmt: skip
+            if "preempted" in result or set(result) == {"step"}:
+                done = "stopped by SIGTERM" if "preempted" in result else "already finished"
+                if jax.process_index() == 0:
+                    print(f"{done} at step {result['step']}")
+                return
         elif FLAGS.mode == "cam":
             out = FLAGS.out or str(epath.Path(FLAGS.workdir) / "cams.png")
-            args = (FLAGS.config, FLAGS.workdir, FLAGS.images, FLAGS.num_images, out)
+            args = (config, FLAGS.workdir, FLAGS.images, FLAGS.num_images, out)
             path = inference.render_cams(*args)
             if jax.process_index() == 0:
                 print(f"wrote {path}")
@@ -87,13 +141,13 @@ def main(argv: list[str]) -> None:
             print(f"wrote {path}")
             return
         else:
-            result = loop.evaluate_checkpoint(FLAGS.config, FLAGS.workdir, FLAGS.checkpoint)
+            result = loop.evaluate_checkpoint(config, FLAGS.workdir, FLAGS.checkpoint)
     except (errors.ConfigError, FloatingPointError) as e:  # Bad input; a diverged run.
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     logging.info("final: %s", result)
     if jax.process_index() == 0:
-        print(" ".join(f"{k}={v:.4f}" for k, v in result.items()))
+        print(summary(result))
 
 
 if __name__ == "__main__":

@@ -28,6 +28,10 @@ def get_config() -> ml_collections.ConfigDict:
     # Typed placeholders (None until set), so that --config.data_dir=... works on the CLI.
     config.data_dir = ml_collections.config_dict.placeholder(str)  # TFDS dir (None: default).
     config.image_folder = ml_collections.config_dict.placeholder(str)  # For 'image_folder'.
+    # 'image_folder' only: decode every image of both splits (PIL) when the run starts and stop
+    # with the unreadable ones named (about 1 ms an image, in threads). Off, a bad image stops
+    # the run, named, only when a batch reads it.
+    config.check_images = False
     config.train_split = "train"
     config.eval_split = "test"
     config.image_size = 48

@@ -1,7 +1,9 @@
 """The HNC losses (Sun et al., ECCV 2020) and the usual classification losses, pure JAX.
 
-Shapes: cams (B, H, W, C); labels int class ids (B,) or multi-hot (B, C); logits (B, C).
-Every function is pure and traceable (jit, grad, vmap, shard_map). `k`, `alpha` and
+Shapes: cams (B, H, W, C); labels int class ids (B,) or multi-hot 0/1 (B, C); logits (B, C).
+Soft (probability) targets (B, C) go to `soft_cross_entropy` only: HNC needs hard labels, and
+multi-hot labels that are concrete arrays are checked to be 0/1 (traced ones, under jit, cannot
+be). Every function is pure and traceable (jit, grad, vmap, shard_map). `k`, `alpha` and
 `temperature` are Python numbers checked at trace time (mark them static under jit).
 
 Hard negatives of an image are the k classes with the highest score `sum_hw cams`
@@ -21,6 +23,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 Array = Any
@@ -36,13 +39,29 @@ def _check_labels(labels: Array, batch: int, num_classes: int) -> None:
     ok_int = labels.ndim == 1 and jnp.issubdtype(labels.dtype, jnp.integer)
     if ok_int and labels.shape[0] == batch:
         return
-    if labels.ndim == 2 and labels.shape == (batch, num_classes) and not ok_int:
+    if labels.ndim == 2 and labels.shape == (batch, num_classes):
+        _check_hard_multi_hot(labels)
         return
     raise ValueError(
         f"labels of shape {tuple(labels.shape)} and dtype {labels.dtype} do not fit a batch "
         f"of {batch} with {num_classes} classes; allowed: int class ids ({batch},) or "
         f"multi-hot ({batch}, {num_classes})"
     )
+
+
+def _check_hard_multi_hot(labels: Array) -> None:
+    """Multi-hot labels (B, C) must be 0/1. Checked only on concrete arrays: under jit (a
+    `jax.core.Tracer`) the values are unknown at trace time and pass unchecked."""
+    if isinstance(labels, jax.core.Tracer):
+        return
+    values = np.asarray(labels)
+    other = values[(values != 0) & (values != 1)]
+    if other.size:
+        raise ValueError(
+            f"labels {tuple(values.shape)} must be multi-hot 0/1; got {other.size} other "
+            f"values in [{other.min():.4g}, {other.max():.4g}]: for soft targets use "
+            "soft_cross_entropy (HNC needs hard labels)"
+        )
 
 
 def _check_k(k: Any, num_classes: int) -> None:
@@ -74,7 +93,7 @@ def select_hard_negatives(scores: Array, labels: Array, k: int) -> tuple[Array, 
 
     Args:
       scores: (B, C) class scores (logits, or the CAMs summed over H, W).
-      labels: (B,) int or (B, C) multi-hot.
+      labels: (B,) int or (B, C) multi-hot 0/1 (checked when concrete, not under jit).
       k: number of hard negatives, 1 <= k <= C-1.
 
     Returns:
@@ -136,7 +155,7 @@ def hnc_mse(cams: Array, labels: Array, k: int, alpha: float = 0.0) -> Array:
 
     Args:
       cams: (B, H, W, C) CAMs, any float dtype (accumulated in float32).
-      labels: (B,) int or (B, C) multi-hot.
+      labels: (B,) int or (B, C) multi-hot 0/1 (checked when concrete, not under jit).
       k: number of hard negatives, 1 <= k <= C-1.
       alpha: target value of the negative maps (0 in the original).
     """
@@ -151,7 +170,7 @@ def hnc_kd(cams: Array, labels: Array, k: int, temperature: float = 1.0) -> Arra
 
     Args:
       cams: (B, H, W, C) CAMs, any float dtype (accumulated in float32).
-      labels: (B,) int or (B, C) multi-hot.
+      labels: (B,) int or (B, C) multi-hot 0/1 (checked when concrete, not under jit).
       k: number of hard negatives, 1 <= k <= C-1.
       temperature: T > 0 (1 in the original).
     """
@@ -200,7 +219,7 @@ def hnc_from_features(
       features: (B, H, W, D) the last stage's output, before pooling.
       kernel: (D, C) the classifier's kernel; bias: (C,) its bias.
       logits: (B, C) the classifier's output, `mean_hw(features) @ kernel + bias`.
-      labels: (B,) int or (B, C) multi-hot.
+      labels: (B,) int or (B, C) multi-hot 0/1 (checked when concrete, not under jit).
       loss: 'mse' or 'kd'.
       k: number of hard negatives, 1 <= k <= C-1.
       alpha: HNC-mse's target value (0 in the original); temperature: HNC-kd's T > 0.
@@ -222,23 +241,77 @@ def hnc_from_features(
     return hnc_kd_selected(maps, valid, temperature)
 
 
-def cross_entropy(logits: Array, labels: Array, label_smoothing: float = 0.0) -> Array:
-    """Mean cross-entropy: softmax for int labels (B,), sigmoid for multi-hot (B, C).
-
-    The multi-hot form is the mean binary cross-entropy over batch and classes (as torch's
-    BCEWithLogitsLoss). `label_smoothing` mixes the targets with the uniform distribution
-    (softmax) or towards 0.5 (sigmoid).
-    """
+def _check_label_smoothing(label_smoothing: Any) -> None:
     if not 0.0 <= label_smoothing < 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
-    num_classes = logits.shape[-1]
-    _check_labels(labels, logits.shape[0], num_classes)
+
+
+def cross_entropy(
+    logits: Array, labels: Array, label_smoothing: float = 0.0, *, multi_label: bool = False
+) -> Array:
+    """Mean cross-entropy of hard labels: softmax for class ids, sigmoid with `multi_label`.
+
+    Args:
+      logits: (B, C).
+      labels: (B,) int class ids (softmax cross-entropy, averaged over B); with
+        `multi_label=True`, (B, C) multi-hot 0/1 (the mean binary cross-entropy over batch
+        and classes, as torch's BCEWithLogitsLoss). Soft or one-hot probability targets
+        (B, C): use `soft_cross_entropy`.
+      label_smoothing: in [0, 1): mixes the targets with the uniform distribution (softmax)
+        or moves them towards 0.5 (sigmoid).
+      multi_label: True for multi-hot labels; the labels' shape must agree, or ValueError.
+        Concrete multi-hot labels that are not 0/1 raise ValueError; under jit (traced
+        labels) their values cannot be checked.
+
+    Returns:
+      Scalar float32.
+    """
+    _check_label_smoothing(label_smoothing)
+    batch, num_classes = logits.shape[0], logits.shape[-1]
+    shape = tuple(labels.shape)
+    if multi_label and labels.ndim != 2:
+        raise ValueError(
+            f"cross_entropy(multi_label=True) needs multi-hot labels ({batch}, {num_classes}), "
+            f"got shape {shape}; int class ids ({batch},) go without multi_label"
+        )
+    if not multi_label and labels.ndim == 2:
+        raise ValueError(
+            f"cross_entropy got (B, C) labels of shape {shape} without multi_label=True; "
+            f"allowed: int class ids ({batch},), multi_label=True for multi-hot 0/1 "
+            f"({batch}, {num_classes}), or soft_cross_entropy for probability targets"
+        )
+    _check_labels(labels, batch, num_classes)
     logits = logits.astype(jnp.float32)
-    if _is_multi_hot(labels):
+    if multi_label:
         targets = labels.astype(jnp.float32) * (1 - label_smoothing) + 0.5 * label_smoothing
         return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, targets))
     targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing)
     return jnp.mean(optax.softmax_cross_entropy(logits, targets))
+
+
+def soft_cross_entropy(logits: Array, targets: Array, label_smoothing: float = 0.0) -> Array:
+    """Mean softmax cross-entropy against probability targets (one-hot, soft, mixup...).
+
+    `mean_b -sum_c t[b, c] log softmax(logits[b])[c]` with `t = (1 - label_smoothing) *
+    targets + label_smoothing / C` (optax `softmax_cross_entropy` after `smooth_labels`).
+
+    Args:
+      logits: (B, C).
+      targets: (B, C) float, each row a probability distribution (sums to 1; not checked).
+      label_smoothing: in [0, 1).
+
+    Returns:
+      Scalar float32.
+    """
+    _check_label_smoothing(label_smoothing)
+    if targets.shape != logits.shape:
+        raise ValueError(
+            f"targets of shape {tuple(targets.shape)} do not fit logits of shape "
+            f"{tuple(logits.shape)}; soft_cross_entropy needs (B, C) probability targets "
+            "(int class ids: cross_entropy)"
+        )
+    targets = optax.smooth_labels(targets.astype(jnp.float32), label_smoothing)
+    return jnp.mean(optax.softmax_cross_entropy(logits.astype(jnp.float32), targets))
 
 
 def num_positive_negative_pixels_per_image(cams: Array, labels: Array) -> Array:

@@ -57,10 +57,10 @@ PADDING_SCRIPT = textwrap.dedent(
     tx, _ = train_step.make_optimizer(config, 10)
     state = train_step.create_train_state(config, model, tx, jax.random.key(0), mesh, (16, 16, 3))
     predict = inference.make_predict(model, mesh)
-    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    variables = train_step.model_variables(state)
     for n in (1, 4, 6):  # Padded to 3, 6 and 6 rows.
         images = make_batch(n=n)["image"]
-        logits, cams = predict(state, images)
+        logits, cams = predict(variables, images)
         want_logits, want_cams = model.apply(variables, images)
         assert logits.shape == (n, 10) and cams.shape == want_cams.shape
         np.testing.assert_allclose(logits, want_logits, rtol=1e-5, atol=1e-5)

@@ -289,21 +289,162 @@ def test_works_under_vmap_and_jit():
     np.testing.assert_allclose(got, want, rtol=1e-5)
 
 
-def test_cross_entropy_softmax_and_sigmoid():
-    logits = np.array([[2.0, -1.0, 0.5], [0.1, 0.2, -0.3]], np.float32)
-    ids = np.array([0, 2], np.int32)
-    want = np.mean([-(z[c] - np.log(np.exp(z).sum())) for z, c in zip(logits, ids, strict=True)])
-    np.testing.assert_allclose(losses.cross_entropy(logits, ids), want, rtol=1e-6)
-    multi = np.array([[1, 0, 1], [0, 1, 0]], np.float32)
-    p = 1 / (1 + np.exp(-logits))
-    bce = -(multi * np.log(p) + (1 - multi) * np.log(1 - p)).mean()
-    np.testing.assert_allclose(losses.cross_entropy(logits, multi), bce, rtol=1e-5)
-    smooth = 0.1
-    target = np.full((2, 3), smooth / 3) + (1 - smooth) * np.eye(3)[ids]
-    logp = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+# --- cross-entropy: numpy references from the definitions, one example at a time --------
+
+
+def ref_softmax_ce(logits, targets):
+    """mean_b -sum_c t[b, c] log softmax(z_b)[c], targets (B, C) probabilities."""
+    total = 0.0
+    for z, t in zip(np.asarray(logits, np.float64), np.asarray(targets, np.float64), strict=True):
+        log_norm = math.log(sum(math.exp(v - z.max()) for v in z)) + z.max()
+        total += -sum(tc * (zc - log_norm) for zc, tc in zip(z, t, strict=True))
+    return total / len(logits)
+
+
+def ref_sigmoid_bce(logits, targets):
+    """mean over (b, c) of -(t log sigmoid(z) + (1 - t) log(1 - sigmoid(z)))."""
+    values = []
+    for z_row, t_row in zip(np.asarray(logits, np.float64), targets, strict=True):
+        for z, t in zip(z_row, np.asarray(t_row, np.float64), strict=True):
+            p = 1 / (1 + math.exp(-z))
+            values.append(-(t * math.log(p) + (1 - t) * math.log(1 - p)))
+    return sum(values) / len(values)
+
+
+def ref_smoothed_one_hot(ids, num_classes, smoothing):
+    targets = np.full((len(ids), num_classes), smoothing / num_classes)
+    for b, c in enumerate(ids):
+        targets[b, c] += 1 - smoothing
+    return targets
+
+
+CE_LOGITS = np.random.default_rng(10).normal(size=(4, 5)).astype(np.float32) * 2
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1, 0.35])
+def test_cross_entropy_int_labels_is_softmax_ce(smoothing):
+    ids = np.array([0, 4, 2, 2], np.int32)
+    want = ref_softmax_ce(CE_LOGITS, ref_smoothed_one_hot(ids, 5, smoothing))
+    got = losses.cross_entropy(jnp.asarray(CE_LOGITS), jnp.asarray(ids), smoothing)
+    assert got.shape == () and got.dtype == jnp.float32
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.int32, bool])
+@pytest.mark.parametrize("smoothing", [0.0, 0.2])
+def test_cross_entropy_multi_label_is_mean_sigmoid_bce(smoothing, dtype):
+    multi = np.array([[1, 0, 1, 0, 0], [0, 0, 0, 0, 0], [1, 1, 1, 1, 1], [0, 1, 0, 0, 1]])
+    targets = multi * (1 - smoothing) + 0.5 * smoothing  # towards 0.5
+    got = losses.cross_entropy(CE_LOGITS, multi.astype(dtype), smoothing, multi_label=True)
+    np.testing.assert_allclose(got, ref_sigmoid_bce(CE_LOGITS, targets), rtol=1e-5)
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1, 0.35])
+def test_soft_cross_entropy_matches_numpy_loop(smoothing):
+    rng = np.random.default_rng(11)
+    soft = rng.dirichlet(np.ones(5), size=4).astype(np.float32)  # rows sum to 1
+    smoothed = soft * (1 - smoothing) + smoothing / 5
+    got = losses.soft_cross_entropy(jnp.asarray(CE_LOGITS), jnp.asarray(soft), smoothing)
+    assert got.shape == () and got.dtype == jnp.float32
+    np.testing.assert_allclose(got, ref_softmax_ce(CE_LOGITS, smoothed), rtol=1e-5)
+    # one-hot targets: the int-label softmax cross-entropy
+    ids = np.array([3, 1, 0, 4])
+    one_hot = np.eye(5, dtype=np.float32)[ids]
     np.testing.assert_allclose(
-        losses.cross_entropy(logits, ids, smooth), -(target * logp).sum(1).mean(), rtol=1e-5
+        losses.soft_cross_entropy(CE_LOGITS, one_hot, smoothing),
+        ref_softmax_ce(CE_LOGITS, ref_smoothed_one_hot(ids, 5, smoothing)),
+        rtol=1e-5,
     )
+
+
+def test_jitted_multi_hot_labels_are_not_value_checked():
+    # Under jit the labels are tracers: their values cannot be read, so no check (and no
+    # error from converting a tracer to numpy).
+    multi = np.array([[1, 0, 1, 0, 0], [0, 1, 0, 0, 0], [1, 1, 1, 1, 0], [0, 1, 0, 0, 1]])
+    multi = multi.astype(np.float32)
+    ce = jax.jit(lambda z, y: losses.cross_entropy(z, y, multi_label=True))
+    np.testing.assert_allclose(ce(CE_LOGITS, multi), ref_sigmoid_bce(CE_LOGITS, multi), rtol=1e-5)
+    cams = make_cams(np.random.default_rng(12), (4, 3, 3, 5))
+    mse = jax.jit(lambda c, y: losses.hnc_mse(c, y, 2))
+    np.testing.assert_allclose(mse(cams, multi), ref_mse(cams, multi, 2), rtol=1e-5)
+    idx, valid = jax.jit(lambda s, y: losses.select_hard_negatives(s, y, 2))(CE_LOGITS, multi)
+    assert idx.shape == valid.shape == (4, 2)
+    # the documented limit: traced soft targets pass unchecked
+    soft = np.full((4, 5), 0.2, np.float32)
+    assert np.isfinite(float(ce(CE_LOGITS, soft)))
+
+
+SHAPE_REFUSALS = [
+    # (labels, multi_label, message)
+    (
+        np.eye(5, dtype=np.float32)[[0, 1]],
+        False,
+        r"^cross_entropy got \(B, C\) labels of shape \(2, 5\) without multi_label=True; "
+        r"allowed: int class ids \(2,\), multi_label=True for multi-hot 0/1 \(2, 5\), or "
+        r"soft_cross_entropy for probability targets$",
+    ),
+    (np.eye(5, dtype=np.int32)[[0, 1]], False, r"shape \(2, 5\) without multi_label=True"),
+    (np.full((2, 5), 0.2, np.float32), False, r"soft_cross_entropy for probability targets"),
+    (
+        np.array([0, 3], np.int32),
+        True,
+        r"^cross_entropy\(multi_label=True\) needs multi-hot labels \(2, 5\), got shape "
+        r"\(2,\); int class ids \(2,\) go without multi_label$",
+    ),
+]
+
+
+@pytest.mark.parametrize("labels,multi_label,message", SHAPE_REFUSALS)
+def test_cross_entropy_refuses_labels_that_do_not_match_multi_label(labels, multi_label, message):
+    logits = jnp.zeros((2, 5))
+    for y in (labels, jnp.asarray(labels)):
+        with pytest.raises(ValueError, match=message) as err:
+            losses.cross_entropy(logits, y, multi_label=multi_label)
+        assert "\n" not in str(err.value)
+    # The shapes are known under jit too (jax appends a traceback note: no `$` there).
+    with pytest.raises(ValueError, match=message.removesuffix("$")):
+        jax.jit(lambda z, y: losses.cross_entropy(z, y, multi_label=multi_label))(logits, labels)
+
+
+NOT_0_1 = [
+    # (multi-hot labels (2, 5), the message's count and range)
+    (
+        np.array([[0.1, 0, 0.7, 0, 0.2], [0, 1, 0, 0, 0]], np.float32),
+        r"3 other values in \[0.1, 0.7\]",
+    ),
+    (np.full((2, 5), 0.2, np.float32), r"10 other values in \[0.2, 0.2\]"),
+    (np.array([[2, 0, 1, 0, 0], [0, 1, 0, 0, -1]], np.int32), r"2 other values in \[-1, 2\]"),
+]
+HARD_LABEL_CALLS = {
+    "cross_entropy": lambda y: losses.cross_entropy(jnp.zeros((2, 5)), y, multi_label=True),
+    "hnc_mse": lambda y: losses.hnc_mse(jnp.zeros((2, 3, 3, 5)), y, 2),
+    "hnc_kd": lambda y: losses.hnc_kd(jnp.zeros((2, 3, 3, 5)), y, 2),
+    "hnc_from_features": lambda y: losses.hnc_from_features(
+        jnp.zeros((2, 3, 3, 4)),
+        jnp.zeros((4, 5)),
+        jnp.zeros(5),
+        jnp.zeros((2, 5)),
+        y,
+        loss="mse",
+        k=2,
+    ),  # fmt: skip
+    "select_hard_negatives": lambda y: losses.select_hard_negatives(jnp.zeros((2, 5)), y, 2),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HARD_LABEL_CALLS))
+@pytest.mark.parametrize("labels,count", NOT_0_1)
+def test_multi_hot_labels_must_be_0_or_1(name, labels, count):
+    call = HARD_LABEL_CALLS[name]
+    message = (
+        r"^labels \(2, 5\) must be multi-hot 0/1; got " + count + r": for soft targets use "
+        r"soft_cross_entropy \(HNC needs hard labels\)$"
+    )
+    for y in (labels, jnp.asarray(labels)):  # numpy and concrete jax arrays
+        with pytest.raises(ValueError, match=message):
+            call(y)
+    hard = (labels == 1).astype(labels.dtype)
+    assert np.isfinite(np.asarray(jax.tree.leaves(call(hard))[0], np.float64)).all()
 
 
 def test_num_posi_counts_positive_pixels_of_negative_maps():
@@ -338,6 +479,9 @@ BAD = [
     (lambda: losses.hnc_mse(jnp.zeros((2, 3, 3, 5)), jnp.zeros((2, 4)), 2), "multi-hot"),
     (lambda: losses.hnc_mse(jnp.zeros((2, 3, 3, 5)), jnp.zeros(2), 2), "int class ids"),
     (lambda: losses.cross_entropy(jnp.zeros((2, 5)), jnp.zeros(2, int), 1.0), "label_smoothing"),
+    (lambda: losses.soft_cross_entropy(jnp.zeros((2, 5)), jnp.eye(5)[:2], -0.1), "label_smoothing"),
+    (lambda: losses.soft_cross_entropy(jnp.zeros((2, 5)), jnp.zeros(2, int)), "do not fit logits"),
+    (lambda: losses.soft_cross_entropy(jnp.zeros((2, 5)), jnp.zeros((2, 4))), r"\(2, 4\)"),
     (
         lambda: losses.hnc_from_features(
             jnp.zeros((1, 2, 2, 3)),

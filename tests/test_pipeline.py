@@ -422,12 +422,15 @@ def test_image_folder_is_listed_once_per_run(tmp_path, monkeypatch):
     listed = []
     listdir = tf.io.gfile.listdir
     monkeypatch.setattr(tf.io.gfile, "listdir", lambda path: listed.append(path) or listdir(path))
+    ip.validate(config)  # The splits, then the first class folder of each.
+    assert listed == [f"{tmp_path}/{p}" for p in ("train", "val", "train/blue", "val/blue")]
+    listed.clear()
     dataset = ip.load(config)
-    assert len(listed) == 5  # train/, then the 2 class folders of train/ and of val/.
+    assert len(listed) == 6  # train/ and val/, then the 2 class folders of each.
     _take(ip.train_iterator(dataset, config, start_step=2), 4)  # Resumed, across epochs.
     for _ in range(2):
         assert sum(b["mask"].sum() for b in ip.eval_iterator(dataset, config)) == 4
-    assert len(listed) == 5
+    assert len(listed) == 6
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
@@ -452,3 +455,125 @@ def test_boxes_follow_crops_and_flips(fmt, tmp_path):
         np.testing.assert_allclose(
             [ys.min(), xs.min(), ys.max() + 1, xs.max() + 1], [y0, x0, y1, x1], atol=1.5
         )
+
+
+def _small_folder(root, counts, classes=("a", "b")) -> ml_collections.ConfigDict:
+    """16x16 JPEGs: `counts[split]` per class of each split; a config that reads them."""
+    rng = np.random.default_rng(0)
+    for split, count in counts.items():
+        for name in classes:
+            (root / split / name).mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                pixels = rng.integers(0, 256, (16, 16, 3), np.uint8)
+                Image.fromarray(pixels).save(root / split / name / f"{i}.jpg", quality=95)
+    return make_config(
+        dataset="image_folder",
+        image_folder=str(root),
+        eval_split="val",
+        image_size=16,
+        batch_size=2,
+        eval_batch_size=2,
+    )
+
+
+def _truncate(path, keep=0.5) -> str:
+    """Cuts the file to `keep` of its bytes, as an interrupted copy would."""
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+    return str(path)
+
+
+def _one_line_error(fn, *args) -> str:
+    with pytest.raises(ConfigError) as err:
+        fn(*args)
+    message = str(err.value)
+    assert "\n" not in message
+    return message
+
+
+def test_image_folder_skips_hidden_files_and_folders(tmp_path):
+    config = _small_folder(tmp_path, {"train": 2, "val": 1})
+    (tmp_path / "train" / "a" / "._0.jpg").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    for folder in ("train", "train/a", "val/b"):
+        (tmp_path / folder / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    (tmp_path / "train" / ".Trash" / "x.jpg").parent.mkdir()
+    (tmp_path / "train" / ".Trash" / "x.jpg").write_bytes(b"not shown")
+    ip.validate(config)
+    assert ip.num_classes(config) == 2
+    dataset = ip.load(config)
+    info = dataset.info
+    assert info.class_names == ["a", "b"] and (info.num_train, info.num_eval) == (4, 2)
+    assert not any("/." in p for split in dataset.files.values() for p in split[0])
+    assert len(_take(ip.train_iterator(dataset, config), 4)) == 4  # Two epochs.
+    assert sum(b["mask"].sum() for b in ip.eval_iterator(dataset, config)) == 2
+
+
+def test_image_folder_splits_need_the_same_classes(tmp_path):
+    config = _small_folder(tmp_path, {"train": 1, "val": 1}, classes=("a", "b", "c"))
+    (tmp_path / "val" / "c" / "0.jpg").unlink()
+    (tmp_path / "val" / "c").rmdir()  # c and d only in train: never evaluated.
+    (tmp_path / "train" / "d").mkdir()
+    (tmp_path / "val" / "e").mkdir()  # e only in val: dropped silently before.
+    for fn in (ip.validate, ip.load, ip.num_classes):
+        message = _one_line_error(fn, config)
+        assert str(tmp_path) in message
+        assert "missing from val/: c, d; missing from train/: e" in message
+
+
+def test_image_folder_split_without_images_is_rejected(tmp_path):
+    config = _small_folder(tmp_path, {"train": 1})
+    for name in ("a", "b"):
+        (tmp_path / "val" / name).mkdir(parents=True)
+    (tmp_path / "val" / "a" / ".DS_Store").write_bytes(b"\x00")
+    for fn in (ip.validate, ip.load):
+        message = _one_line_error(fn, config)
+        assert f"image folder split {tmp_path}/val has no images" in message
+    (tmp_path / "val" / "a" / ".DS_Store").unlink()
+    for name in ("a", "b"):
+        (tmp_path / "val" / name).rmdir()
+    (tmp_path / "val").rmdir()  # No eval split at all: named, not an eval on nothing.
+    message = _one_line_error(ip.validate, config)
+    assert f"{tmp_path}/val is not a directory" in message
+
+
+def test_check_images_names_a_truncated_jpeg_at_load(tmp_path):
+    config = _small_folder(tmp_path, {"train": 3, "val": 2})
+    config.check_images = True
+    bad = [
+        _truncate(tmp_path / "train" / "b" / "1.jpg"),
+        _truncate(tmp_path / "val" / "a" / "0.jpg"),
+        _truncate(tmp_path / "val" / "b" / "1.jpg", keep=0.9),  # Cut in the pixels:
+    ]
+    Image.open(bad[-1]).verify()  # verify() reads the headers only, and passes.
+    (tmp_path / "train" / "a" / "2.jpg").write_bytes(b"")  # Empty: not an image at all.
+    ip.validate(config)  # Decodes nothing.
+    message = _one_line_error(ip.load, config)
+    assert f"4 of the 10 images in {tmp_path} cannot be decoded" in message
+    assert f"{bad[-1]} (image file is truncated" in message
+    assert f"{tmp_path}/train/a/2.jpg (not an image)" in message
+    assert all(path in message for path in bad)
+    config.check_images = False
+    assert ip.load(config).info.num_train == 6  # Off: nothing is decoded at load.
+
+
+def test_bad_image_is_named_when_a_batch_reads_it(tmp_path, monkeypatch):
+    config = _small_folder(tmp_path, {"train": 4, "val": 2})  # 4 steps a train epoch.
+    bad_train = _truncate(tmp_path / "train" / "b" / "1.jpg")
+    bad_eval = _truncate(tmp_path / "val" / "b" / "1.jpg")
+    dataset = ip.load(config)
+    message = _one_line_error(list, ip.eval_iterator(dataset, config))
+    assert f"cannot decode 1 image of the val split: {bad_eval} (" in message
+    checked = []
+    problem = ip._image_problem
+    monkeypatch.setattr(ip, "_image_problem", lambda path: checked.append(path) or problem(path))
+    for start in (0, 2, 4):  # Fresh, resumed, in epoch 1: each reads a whole epoch.
+        checked.clear()
+        message = _one_line_error(_take, ip.train_iterator(dataset, config, start), 8)
+        assert f"cannot decode 1 image of the train split: {bad_train} (" in message
+        assert "--config.check_images=True" in message
+        # Only the failing batch's 2 files are checked (and the next epoch's first batch's,
+        # when that epoch, built in the background, fails too), not the split's 8.
+        assert bad_train in checked and len(checked) in (2, 4)
+    checked.clear()
+    _one_line_error(list, ip.eval_iterator(dataset, config))
+    assert checked == [f"{tmp_path}/val/b/0.jpg", bad_eval]  # The last batch, in order.

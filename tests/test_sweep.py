@@ -1,7 +1,15 @@
 """The CE-vs-HNC study: its plan (stages, selection on validation), run configs, statistics,
-tables, and a tiny end-to-end study that resumes."""
+tables, a results file that survives kills, and a tiny end-to-end study that resumes."""
 
 import json
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +20,7 @@ from configs import cluttered_digits_hard, cluttered_digits_multi, default
 from hnc_jax.study import design, report, sweep
 from hnc_jax.study.design import Run, Setting
 
+REPO = Path(__file__).parents[1]
 PLAN = design.Plan(weights={"mse": (0.01, 0.1), "kd": (0.001, 0.01)}, k=3, k_values=(1,),
                   warmups=(2.0,), val_seeds=2, test_seeds=3)  # fmt: skip
 
@@ -134,9 +143,7 @@ def test_committed_multi_label_study_selects_the_configs_setting(tmp_path):
     """docs/study/multi.jsonl is the finished study of docs/study.md's command (its grid at k=3,
     which --k keeps now that the config trains the selected k=1), and the config trains the
     HNC-mse setting it selects on validation."""
-    (tmp_path / design.RESULTS).write_text(
-        (Path(__file__).parents[1] / "docs/study/multi.jsonl").read_text()
-    )
+    (tmp_path / design.RESULTS).write_text((REPO / "docs/study/multi.jsonl").read_text())
     args = [
         "--config=cluttered_digits_multi",
         "--workdir",
@@ -153,6 +160,118 @@ def test_committed_multi_label_study_selects_the_configs_setting(tmp_path):
     assert selected["mse"] == Setting("mse", hnc.weight, hnc.k)
     assert selected["kd"] == Setting("kd", 0.0003, 1)
     assert "| HNC-mse | w=0.003, k=1 | 5 |" in (tmp_path / "report.md").read_text()
+
+
+def _strict_records(workdir: Path) -> list[int]:
+    """The `i` of every line of the results file, each of which must be a whole JSON record."""
+    text = (workdir / design.RESULTS).read_text()
+    assert text.endswith("\n")
+    return [json.loads(line)["i"] for line in text.splitlines()]
+
+
+def _python(code: str, *args: str) -> subprocess.Popen:
+    """Runs `code` in a new Python process that imports this checkout; its stdout piped."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), *args], env=env,
+                            text=True, stdout=subprocess.PIPE)  # fmt: skip
+
+
+# Appends ~50 KB records in a loop, printing each index once its append has returned.
+_APPENDER = """
+    import sys
+    from hnc_jax.study import design
+    for i in range(10**6):
+        design.append_record(sys.argv[1], {"name": f"r{i}", "i": i, "pad": "x" * 50_000})
+        print(i, flush=True)
+"""
+
+
+def test_results_survive_sigkill_while_appending(tmp_path):
+    """A process killed (SIGKILL) at arbitrary points while appending leaves every record it
+    finished, whole and in order: the file is replaced, never rewritten in place. Each kill
+    comes after its delay, or at the worst moment if there is one: as soon as the file is seen
+    shrinking (a rewrite in place under way, which a replace never shows)."""
+    for attempt, delay in enumerate((0.0, 0.05, 0.15, 0.3, 0.6)):
+        workdir = tmp_path / str(attempt)
+        workdir.mkdir()
+        child = _python(_APPENDER, str(workdir))
+        done = [child.stdout.readline() for _ in range(3)]  # Started: a few records in.
+        size, deadline = 0, time.monotonic() + delay
+        while (
+            time.monotonic() < deadline
+            and (now := os.stat(workdir / design.RESULTS).st_size) >= size
+        ):
+            size = now
+        child.send_signal(signal.SIGKILL)
+        done += child.stdout.readlines()
+        assert child.wait() == -signal.SIGKILL
+        records = _strict_records(workdir)
+        # Every finished append, and perhaps the one killed between its replace and its print.
+        assert records == list(range(len(records))), records
+        assert len(records) - len(done) in (0, 1), (len(records), len(done))
+        assert set(design.load_results(str(workdir))) == {f"r{i}" for i in records}
+        # At most the kill's temporary file beside it; the study continues from there.
+        others = [p.name for p in workdir.iterdir() if p.name != design.RESULTS]
+        assert len(others) <= 1 and all(n.startswith(".results.jsonl.") for n in others)
+        design.append_record(str(workdir), {"name": "next", "i": len(records)})
+        assert _strict_records(workdir) == list(range(len(records) + 1))
+
+
+def test_results_survive_a_failed_write(tmp_path):
+    """A write that fails part way (the file size limit, as a full disk would) leaves the
+    results file as it was, and no temporary file."""
+    for i in range(3):
+        design.append_record(str(tmp_path), {"name": f"r{i}", "i": i})
+    before = (tmp_path / design.RESULTS).read_text()
+    child = _python(
+        """
+        import resource, signal, sys
+        from hnc_jax.study import design
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG, an OSError, instead.
+        limit = int(sys.argv[2])
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+        try:
+            design.append_record(sys.argv[1], {"name": "big", "i": 3, "pad": "x" * 10_000})
+        except OSError as error:
+            print(error.errno)
+        """,
+        str(tmp_path),
+        str(len(before) + 100),  # Room for the old records and part of the new one.
+    )
+    assert child.communicate()[0].strip() == "27" and child.returncode == 0  # EFBIG.
+    assert (tmp_path / design.RESULTS).read_text() == before
+    assert [p.name for p in tmp_path.iterdir()] == [design.RESULTS]
+
+
+def test_torn_last_line_is_skipped_and_corrupt_lines_raise(tmp_path, caplog):
+    lines = [json.dumps({"name": f"r{i}", "i": i}) for i in range(3)]
+    path = tmp_path / design.RESULTS
+    path.write_text("\n".join(lines) + "\n" + lines[0][:9])  # An older version's torn write.
+    with caplog.at_level(logging.WARNING):
+        assert list(design.load_results(str(tmp_path))) == ["r0", "r1", "r2"]
+    assert f"{path}: line 4 is torn" in caplog.text
+    # The next append drops the torn line, so it never ends up mid-file.
+    design.append_record(str(tmp_path), {"name": "r3", "i": 3})
+    assert _strict_records(tmp_path) == [0, 1, 2, 3]
+    # A whole last record without its newline is kept.
+    path.write_text("\n".join(lines))
+    design.append_record(str(tmp_path), {"name": "r3", "i": 3})
+    assert _strict_records(tmp_path) == [0, 1, 2, 3]
+    # Only the last line can be torn: one before it is a corrupt file.
+    path.write_text("\n".join([lines[0], lines[1][:9], lines[2]]) + "\n\n")
+    with pytest.raises(ValueError, match=re.escape(f"{path}: line 2 is not a JSON record")):
+        design.load_results(str(tmp_path))
+    with pytest.raises(ValueError, match="line 2"):
+        design.append_record(str(tmp_path), {"name": "r3", "i": 3})
+
+
+def test_results_append_on_gs(gcs_emulator, gcs_bucket):
+    """On gs:// too (epath's replace: a copy, then a delete): no temporary object stays."""
+    workdir = f"{gcs_bucket}/study"
+    for i in range(3):
+        design.append_record(workdir, {"name": f"r{i}", "i": i})
+    assert list(design.load_results(workdir)) == ["r0", "r1", "r2"]
+    assert gcs_emulator.list_objects(gcs_bucket.removeprefix("gs://")) == ["study/results.jsonl"]
 
 
 @pytest.mark.slow

@@ -245,7 +245,8 @@ MULTI_DEVICE_SCRIPT = textwrap.dedent(
                 stats.append(upd["batch_stats"])
             logits, cams = (jnp.concatenate(parts) for parts in zip(*outputs))
             hnc = hnc_fn(cams, batch["label"], config.hnc.k)
-            loss = losses.cross_entropy(logits, batch["label"]) + config.hnc.weight * hnc
+            ce = losses.cross_entropy(logits, batch["label"], multi_label=batch["label"].ndim == 2)
+            loss = ce + config.hnc.weight * hnc
             return loss, jax.tree.map(lambda *s: sum(s) / chunks, *stats)
         (_, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, _ = tx.update(grads, state.opt_state, state.params)

@@ -2,7 +2,7 @@
 
 Epoch e of process p reads the process's even part of the split (`tfds.even_splits`, or
 `shard_bounds` of a folder's file list) in an order seeded by `epoch_seed` (seed, p, e):
-- image folders: a seeded permutation of the part's files;
+- image folders: a seeded permutation of the part's files (`folder_order`);
 - a TFDS part of at most `buffer` records: a seeded file order and a tf.data shuffle buffer
   holding the whole part;
 - a larger one (ImageNet: 1,024 files): the files in a seeded order, read one after the
@@ -69,6 +69,19 @@ def part_size(dataset: Dataset, split: str, drop_remainder: bool) -> int:
         start, end = shard_bounds(len(dataset.files[split][0]), index, count, drop_remainder)
         return end - start
     return num_examples(dataset.builder, process_split(split, index, count, drop_remainder))
+
+
+def folder_order(
+    dataset: Dataset, split: str, drop_remainder: bool, seed: int | None
+) -> np.ndarray:
+    """Indices into `dataset.files[split]` (an image folder) of this process's part, in the
+    order `read` reads them: record i of the epoch is file `folder_order(...)[i]` (in order
+    when `seed` is None, else a permutation seeded by it). The pipeline uses it to name the
+    files of a batch that failed to decode."""
+    n = len(dataset.files[split][0])
+    begin, end = shard_bounds(n, jax.process_index(), jax.process_count(), drop_remainder)
+    order = np.arange(begin, end)
+    return order if seed is None else np.random.default_rng(seed).permutation(order)
 
 
 def epoch_files(
@@ -153,11 +166,7 @@ def read(
     index, count = jax.process_index(), jax.process_count()
     if dataset.files is not None:
         paths, labels = dataset.files[split]
-        begin, end = shard_bounds(len(paths), index, count, drop_remainder)
-        order = np.arange(begin, end)
-        if seed is not None:
-            order = np.random.default_rng(seed).permutation(order)
-        order = order[start:]  # Skipped before the files are read.
+        order = folder_order(dataset, split, drop_remainder, seed)[start:]  # Skipped unread.
         ds = tf.data.Dataset.from_tensor_slices(
             {
                 "image": np.array(paths, dtype=object)[order].astype(str),

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import uuid
 from collections.abc import Sequence
 
 import numpy as np
+from absl import logging
 from etils import epath
 
 RESULTS = "results.jsonl"
@@ -134,10 +136,56 @@ def next_runs(results: dict[str, dict], plan: Plan) -> list[Run]:
     return [r for r in final if r.name not in results]
 
 
+def _read_records(path: epath.Path) -> tuple[list[dict], str]:
+    """The records of results file `path` and the text that holds them: a torn (unparseable)
+    last line, which only an interrupted write leaves, is dropped with a warning; an
+    unparseable line before the last is a corrupt file (ValueError)."""
+    lines = path.read_text().split("\n")
+    last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
+    records = []
+    for i, line in enumerate(lines[: last + 1]):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as error:
+            if i < last:
+                raise ValueError(
+                    f"{path}: line {i + 1} is not a JSON record ({error}); only the last line "
+                    "can be torn (an interrupted write): the file is corrupt"
+                ) from error
+            logging.warning(
+                "%s: line %d is torn (an interrupted write), skipped: %s", path, i + 1, error
+            )
+            last -= 1  # Not kept: the next append would put it mid-file.
+    return records, "".join(line + "\n" for line in lines[: last + 1])
+
+
 def load_results(workdir: str) -> dict[str, dict]:
-    """{run name: record} of every finished run in `workdir/results.jsonl`."""
+    """{run name: record} of every finished run in `workdir/results.jsonl` (a torn last line
+    skipped with a warning)."""
     path = epath.Path(workdir) / RESULTS
     if not path.exists():
         return {}
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return {r["name"]: r for r in records}
+    return {r["name"]: r for r in _read_records(path)[0]}
+
+
+def append_record(workdir: str, record: dict) -> None:
+    """Adds `record` as the last line of `workdir/results.jsonl` (created if missing), never
+    tearing or losing the lines already there (a kill, a full disk): the whole new content is
+    written to a temporary file beside it, which then replaces it. A torn last line (left by an
+    older version's interrupted write) is dropped, so that it never ends up mid-file."""
+    path = epath.Path(workdir) / RESULTS
+    previous = _read_records(path)[1] if path.exists() else ""
+    tmp = path.parent / f".{RESULTS}.{uuid.uuid4().hex}.tmp"
+    try:
+        tmp.write_text(previous + json.dumps(record) + "\n")
+        # Local disk: os.replace, atomic; killed before it, the old file is whole and at worst
+        # a stray temporary file is left. gs://: epath (gfile) replaces by a server-side copy,
+        # then deletes the temporary object; the copy replaces the object atomically, as a
+        # direct write would (object stores have no append: the file is rewritten whole either
+        # way). So one code path is right on both, for one extra request per finished run.
+        tmp.replace(path)
+    except BaseException:  # E.g. a full disk: no partial temporary file is left either.
+        tmp.unlink(missing_ok=True)
+        raise

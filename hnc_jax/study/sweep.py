@@ -20,7 +20,9 @@ splits changed; it evaluates and checkpoints only at its last step. The stages:
 Each finished run appends one JSON line to `<workdir>/results.jsonl` (its setting, the
 `cam.evaluate_cams` scores, the trainer's eval metrics, its steps, wall-clock and CPU seconds
 (every thread of the process: on a shared machine the wall clock says little)); a restart
-skips every run already there, so the study can be stopped and continued at any point.
+skips every run already there, so the study can be stopped and continued at any point. The
+file is rewritten whole to a temporary file that then replaces it (`design.append_record`), so
+a kill or a full disk never tears or loses the records already there.
 `--report_only` writes the tables and the figure (`report`) from what has finished.
 """
 
@@ -37,7 +39,7 @@ from etils import epath
 
 from hnc_jax import cam, multilabel
 from hnc_jax.study import report
-from hnc_jax.study.design import RESULTS, Plan, Run, load_results, next_runs
+from hnc_jax.study.design import RESULTS, Plan, Run, append_record, load_results, next_runs
 
 NEVER = 10**9  # eval/checkpoint period: only the last step (the trainer always does it).
 
@@ -87,6 +89,7 @@ def execute(base: ml_collections.ConfigDict, run: Run, plan: Plan, workdir: str)
     eval_metrics: dict[str, float] = {}
     if run.phase != "grid_test":  # (Which only scores a val run's model: cam scores alone.)
         eval_metrics = loop.train_and_evaluate(config, run_dir)
+        eval_metrics = {k: v for k, v in eval_metrics.items() if k.startswith("eval/")}
     train_seconds = time.time() - tic
     scores = measure(config, run_dir)  # Raises for a run stopped early (SIGTERM).
     if run.phase != "grid_test" and not eval_metrics:  # Killed after its last checkpoint.
@@ -111,9 +114,7 @@ def run_study(base: ml_collections.ConfigDict, workdir: str, plan: Plan) -> dict
         run = todo[0]
         print(f"[{len(results)} done] {run.name}", flush=True)
         record = execute(base, run, plan, workdir)
-        # Rewritten whole, not appended: object stores (gs://) have no append.
-        previous = path.read_text() if path.exists() else ""
-        path.write_text(previous + json.dumps(record) + "\n")
+        append_record(workdir, record)  # Never tears the records already there.
         print(json.dumps(record), flush=True)
     return results
 

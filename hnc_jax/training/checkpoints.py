@@ -15,9 +15,12 @@ import os
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 from etils import epath
+from jax.experimental import multihost_utils
 
 from hnc_jax.errors import ConfigError
+from hnc_jax.training import train_step
 from hnc_jax.weights import convert, formats
 
 BEST_METRIC = "eval/top1"
@@ -72,6 +75,41 @@ def restore(manager: ocp.CheckpointManager, step: int, target):
     return manager.restore(step, args=ocp.args.StandardRestore(abstract))
 
 
+def _first_line(error: BaseException) -> str:
+    return f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error) else ''}"
+
+
+def restore_resumable(manager: ocp.CheckpointManager, target, step: int | None = None):
+    """(state, step) to resume from: `step` if given, else the latest readable kept step;
+    None when there is no checkpoint. A step that cannot be read (a truncated or missing
+    file) is said in a warning and set aside as `<step>.unreadable` (so that training can
+    save that step again), and the previous kept step is tried: never silently step 0."""
+    directory = manager.directory
+    steps = sorted(manager.all_steps(), reverse=True)
+    if step is not None:
+        if step not in steps:
+            raise ConfigError(f"no checkpoint of step {step} in {directory}; kept: {steps}")
+        return restore(manager, step, target), step
+    unreadable = []
+    for candidate in steps:
+        try:
+            return restore(manager, candidate, target), candidate
+        except Exception as e:  # noqa: BLE001  (orbax raises JSON, I/O, runtime errors alike)
+            unreadable.append(f"step {candidate}: {_first_line(e)}")
+            logging.warning(
+                "checkpoint step %d in %s is unreadable (%s): set aside as %d.unreadable; "
+                "trying the previous kept step",
+                candidate, directory, _first_line(e), candidate,
+            )  # fmt: skip
+            if jax.process_index() == 0:
+                (directory / str(candidate)).rename(directory / f"{candidate}.unreadable")
+            multihost_utils.sync_global_devices("checkpoint set aside")
+            manager.reload()
+    if unreadable:
+        raise ConfigError(f"no readable checkpoint in {directory}: {'; '.join(unreadable)}")
+    return None
+
+
 def load_variables(
     path: str | os.PathLike, sharding: jax.sharding.Sharding, which: str = "latest"
 ) -> dict:
@@ -105,7 +143,7 @@ def init_from(path: str, state, num_classes: int):
     timm weight file (`convert.WEIGHT_FILE_SUFFIXES`) or a workdir of this project. The head
     is re-initialised when the class count differs; the optimizer state stays fresh. Same
     shardings as `state`."""
-    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    variables = train_step.model_variables(state)
     try:
         if str(path).endswith(convert.WEIGHT_FILE_SUFFIXES):
             merged = convert.load_pretrained(path, variables, num_classes)

@@ -49,7 +49,9 @@ def make_eval_step(model: models.ResNet, mesh: Mesh, multi_label: bool = False) 
 
         per_example = {
             "count": jnp.ones(mask.shape, jnp.float32),
-            "loss": one(losses.cross_entropy, logits, labels),
+            "loss": one(
+                lambda z, y: losses.cross_entropy(z, y, multi_label=multi_label), logits, labels
+            ),
             "top1": losses.correct_top_k(logits, labels, 1),
             "top5": losses.correct_top_k(logits, labels, min(5, logits.shape[-1])),
             "num_posi": losses.num_positive_negative_pixels_per_image(cams, labels),

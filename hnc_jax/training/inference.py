@@ -14,25 +14,25 @@ import jax
 import ml_collections
 import numpy as np
 import tensorflow as tf
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from hnc_jax import figures, models
 from hnc_jax.data import pipeline, transforms
 from hnc_jax.data.dataset import Dataset, DatasetInfo
 from hnc_jax.errors import ConfigError
-from hnc_jax.training import checkpoints, job, train_step
+from hnc_jax.training import checkpoints, job, train_step, workdirs
 
-Predict = Callable[[train_step.TrainState, np.ndarray], tuple[np.ndarray, np.ndarray]]
+Predict = Callable[[dict, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
 def make_predict(model: models.ResNet, mesh: Mesh) -> Predict:
-    """`predict(state, images)`: this process's images (N, S, S, 3), any N, -> its logits
-    (N, C) and CAMs (N, h, w, C) as numpy. The rows are padded to whole device batches; it is
-    one global computation, so on several processes each calls it with the same N."""
+    """`predict(variables, images)`: the model's {'params', 'batch_stats'} (replicated) and
+    this process's images (N, S, S, 3), any N, -> its logits (N, C) and CAMs (N, h, w, C) as
+    numpy. The rows are padded to whole device batches; it is one global computation, so on
+    several processes each calls it with the same N."""
 
-    def per_device(state, images):
-        variables = {"params": state.params, "batch_stats": state.batch_stats}
+    def per_device(variables, images):
         return model.apply(variables, images, train=False)
 
     step = jax.jit(
@@ -41,12 +41,12 @@ def make_predict(model: models.ResNet, mesh: Mesh) -> Predict:
         )
     )
 
-    def predict(state: train_step.TrainState, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def predict(variables: dict, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         images = np.asarray(images)
         n, per_process = len(images), jax.local_device_count()
         rows = max(1, math.ceil(n / per_process)) * per_process
         padded = np.concatenate([images, np.zeros((rows - n, *images.shape[1:]), images.dtype)])
-        logits, cams = step(state, train_step.shard_batch(mesh, {"image": padded})["image"])
+        logits, cams = step(variables, train_step.shard_batch(mesh, {"image": padded})["image"])
         return _local_rows(logits)[:n], _local_rows(cams)[:n]
 
     return predict
@@ -87,7 +87,25 @@ def restore(
     state = checkpoints.restore(manager, step, built.state)
     manager.close()
     predict = make_predict(built.model, built.mesh)
-    return Restored(built, state, step, functools.partial(predict, state))
+    variables = train_step.model_variables(state)
+    return Restored(built, state, step, functools.partial(predict, variables))
+
+
+def _predict_from_record(
+    config: ml_collections.ConfigDict, workdir: str
+) -> tuple[list[str], Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]]:
+    """(class names, predict) of the latest checkpoint, from the workdir's stored record
+    (`workdirs`) and weights alone: no dataset is prepared. A workdir from before the record
+    has its class names from its dataset (`restore`)."""
+    record = workdirs.read_record(workdir)
+    if record is None:
+        restored = restore(config, workdir)
+        return restored.job.info.class_names, restored.predict
+    names = record["class_names"]
+    mesh = train_step.make_mesh()
+    variables = checkpoints.load_variables(workdir, NamedSharding(mesh, P()))
+    model = train_step.create_model(config, len(names))
+    return names, functools.partial(make_predict(model, mesh), variables)
 
 
 def load_images(paths: Sequence[str], config: ml_collections.ConfigDict) -> np.ndarray:
@@ -139,26 +157,26 @@ def render_cams(
     their labels and boxes). Returns `out`."""
     if not images and num_eval <= 0:
         raise ConfigError(f"give image files or num_eval > 0, got num_eval={num_eval}")
-    restored = restore(config, workdir)
-    info = restored.job.info
-    if images:
-        examples = {"image": load_images(images, config)}
+    if images:  # No labels: the top-1 class stands in for the true one.
+        names, predict = _predict_from_record(config, workdir)
+        examples, labels = {"image": load_images(images, config)}, None
     else:
+        restored = restore(config, workdir)
+        info, predict, names = restored.job.info, restored.predict, restored.job.info.class_names
         examples = first_eval_examples(restored.job.dataset, config, num_eval)
-    logits, cams = restored.predict(examples["image"])
+        labels = None if info.multi_label else examples["label"]
+    logits, cams = predict(examples["image"])
     if jax.process_index() == 0:
-        labels = None if images or info.multi_label else examples["label"]
-        k = min(k, info.num_classes - 1)
+        k = min(k, len(names) - 1)
         figures.render_overlays(
-            examples["image"], cams, logits, labels, info.class_names, k, out,
-            examples.get("box"),
-        )  # fmt: skip
+            examples["image"], cams, logits, labels, names, k, out, examples.get("box")
+        )
     return out
 
 
 def cam_panel(
     predict: Predict,
-    state: train_step.TrainState,
+    variables: dict,
     local_batch: dict[str, np.ndarray],
     info: DatasetInfo,
     num_examples: int,
@@ -171,7 +189,7 @@ def cam_panel(
     if info.multi_label or num_examples <= 0:
         return None
     n = min(num_examples, len(local_batch["label"]))
-    logits, cams = predict(state, local_batch["image"][:n])
+    logits, cams = predict(variables, local_batch["image"][:n])
     if jax.process_index() != 0:
         return None
     boxes = local_batch["box"][:n] if "box" in local_batch else None

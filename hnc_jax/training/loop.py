@@ -13,7 +13,7 @@ that step can be checkpointed. Evaluation sums stay on the devices until its end
 
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -24,19 +24,28 @@ from clu import metric_writers, periodic_actions
 from jax.experimental import multihost_utils
 
 from hnc_jax.data import pipeline
-from hnc_jax.training import checkpoints, evaluation, inference, job, train_step
+from hnc_jax.training import checkpoints, evaluation, inference, job, train_step, workdirs
 
 TRAIN_KEYS = ("image", "label")
 
 
 class _StopFlag:
     """Preemption: SIGTERM on one process; the JAX preemption sync point on several (all
-    processes then agree on the step to save at)."""
+    processes then agree on the step to save at). A context manager: the SIGTERM handler it
+    installs is the previous one again afterwards (a notebook or a study goes on)."""
 
     def __init__(self):
         self.requested = False
+        self.previous = None
+
+    def __enter__(self) -> "_StopFlag":
         if jax.process_count() == 1:
-            signal.signal(signal.SIGTERM, self._handler)
+            self.previous = signal.signal(signal.SIGTERM, self._handler)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
 
     def _handler(self, signum, frame):
         del signum, frame
@@ -94,20 +103,46 @@ def _every(value: int, epoch_steps: int) -> int:
     return epoch_steps if value == -1 else value
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-    """Trains (resuming from the latest checkpoint in `workdir`, a path or URL); returns the
-    last eval metrics ({} when a preempted or already finished run did not evaluate)."""
-    run = job.build(config)
-    manager = checkpoints.create_manager(workdir, config.keep_checkpoints)
+def train_and_evaluate(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    allow_config_change: Sequence[str] = (),
+    force_owner: bool = False,
+    restore_step: int | None = None,
+) -> dict[str, float]:
+    """Trains (resuming from the latest readable checkpoint in `workdir`, a path or URL, or
+    from `restore_step`); returns {'step': the last step, **the last eval metrics}, with
+    'preempted': 1 when SIGTERM stopped it (no eval metrics when it did not evaluate, or
+    was already finished).
+
+    The workdir's contract (`workdirs`): its stored config must match `config` but for the
+    resumable fields and `allow_config_change`; one run owns it at a time (`force_owner`
+    takes over a stale owner)."""
+    changed = workdirs.check_config(workdir, config, allow_config_change)
+    with workdirs.owned(workdir, force_owner), _StopFlag() as stop:
+        run = job.build(config)
+        workdirs.record_config(workdir, config, run.info.class_names, changed)
+        manager = checkpoints.create_manager(workdir, config.keep_checkpoints)
+        writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+        try:
+            return _train(config, workdir, run, manager, writer, stop, restore_step)
+        finally:  # Also after a failure: the saves in flight finish, the events reach disk.
+            manager.wait_until_finished()
+            manager.close()
+            writer.flush()
+
+
+def _train(config, workdir, run, manager, writer, stop, restore_step) -> dict[str, float]:
     state, start = run.state, 0
-    if (latest := manager.latest_step()) is not None:
-        state = checkpoints.restore(manager, latest, state)
-        start = int(state.step)
+    if resumed := checkpoints.restore_resumable(manager, state, restore_step):
+        state, start = resumed[0], int(resumed[0].step)
         logging.info("resumed from step %d", start)
     elif config.init_from:
         state = checkpoints.init_from(config.init_from, state, run.info.num_classes)
         logging.info("initialised from %s", config.init_from)
-    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+    if start >= run.total_steps:
+        logging.info("already finished at step %d of %d", start, run.total_steps)
+        return {"step": start}
     if start == 0:
         writer.write_hparams(dict(config.to_dict(), num_train_steps=run.total_steps))
     args = (config, run.model, run.tx, run.schedule, run.mesh)
@@ -129,7 +164,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             hooks.append(
                 periodic_actions.Profile(logdir=workdir, first_profile=config.profile_first_step)
             )
-    stop = _StopFlag()
     local_batches = pipeline.train_iterator(run.dataset, config, start)
     batches = train_step.device_batches(({k: b[k] for k in TRAIN_KEYS} for b in local_batches),
                                    run.mesh)  # fmt: skip
@@ -156,11 +190,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             window = []
         if run_eval:
             stopwatch.pause()  # Rates count training only.
-            eval_metrics = evaluation.evaluate(eval_step, state, run.dataset, config, run.mesh)
+            try:
+                eval_metrics = evaluation.evaluate(eval_step, state, run.dataset, config, run.mesh)
+            except BaseException:
+                # Orbax records a step's metrics (for the best checkpoint) only when it saves
+                # the step, so evaluation comes first; when it fails, the step is saved
+                # without metrics before the error goes on: no training is lost.
+                checkpoints.save(manager, done, state)
+                logging.error("evaluation failed at step %d: saved the step first", done)
+                raise
             writer.write_scalars(done, eval_metrics)
             panel_batch = next(pipeline.eval_iterator(run.dataset, config))
+            variables = train_step.model_variables(state)
             panel = inference.cam_panel(
-                predict, state, panel_batch, run.info, config.image_panel_examples
+                predict, variables, panel_batch, run.info, config.image_panel_examples
             )
             if panel is not None:
                 writer.write_images(done, {"cams": panel[None]})
@@ -169,11 +212,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             checkpoints.save(manager, done, state, eval_metrics if run_eval else None)
         if preempted:
             logging.warning("preemption: saved step %d, stopping", done)
-            break
-    manager.wait_until_finished()
-    manager.close()
-    writer.flush()
-    return eval_metrics
+            return {"step": done, "preempted": 1, **eval_metrics}
+    return {"step": done, **eval_metrics}
 
 
 def evaluate_checkpoint(

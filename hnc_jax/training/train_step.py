@@ -54,6 +54,11 @@ class TrainState(flax.struct.PyTreeNode):
     opt_state: Any
 
 
+def model_variables(state: TrainState) -> dict:
+    """The model's variables in a state: {'params', 'batch_stats'} (what `model.apply` takes)."""
+    return {"params": state.params, "batch_stats": state.batch_stats}
+
+
 def enable_compilation_cache(path: str | None = DEFAULT_CACHE_DIR) -> None:
     """Persistent XLA compilation cache in `path` (None or "": off). Thresholds are lowered
     so that CPU compiles (seconds, small executables) are cached too."""
@@ -304,7 +309,10 @@ def make_train_step(
 
     def loss_fn(params, batch_stats, images, labels, weight):
         (logits, features), updates = forward_train(model, params, batch_stats, images)
-        ce = losses.cross_entropy(logits, labels, config.label_smoothing)
+        # The pipeline gives multi-hot (B, C) labels exactly for multi-label datasets
+        # (`info.multi_label`), int class ids (B,) otherwise.
+        multi_label = labels.ndim == 2
+        ce = losses.cross_entropy(logits, labels, config.label_smoothing, multi_label=multi_label)
         hnc_loss = jnp.float32(0.0)
         if use_hnc:
             hnc_loss = losses.hnc_from_features(
