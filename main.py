@@ -89,7 +89,7 @@ def selected_config(workdirs):
     if not FLAGS["config"].present and (stored := workdirs.stored_config(FLAGS.workdir)):
         stored.update_from_flattened_dict(config_flags.get_override_values(FLAGS["config"]))
         config = stored
-    may_change = (*workdirs.RESUMABLE, *workdirs.EVAL_ONLY)
+    may_change = (*workdirs.RESUMABLE, *workdirs.EVAL_ONLY, *workdirs.TRAINING_ONLY)
     workdirs.check_config(FLAGS.workdir, config, FLAGS.allow_config_change, may_change)
     return config
 

@@ -107,7 +107,8 @@ def test_two_processes_match_one_process(tmp_path):
     # Only process 0 prints the summary (its last stdout line; gloo prints connection lines).
     summaries = [[line for line in out.splitlines() if "eval/top1=" in line] for out, _ in outputs]
     assert len(summaries[0]) == 1 and not summaries[1]
-    assert summaries[0][0].split()[0].startswith("eval/loss=")
+    first, second = summaries[0][0].split()[:2]
+    assert first == "step=3" and second.startswith("eval/loss=")
     # Evaluation: each process reads its own part of the split (here with padding: 16
     # images in local batches of 6) and the sums are combined; the same checkpoint evaluated
     # by 2 processes and by 1 gives the same metrics.

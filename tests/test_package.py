@@ -122,7 +122,13 @@ def test_library_imports_neither_tensorflow_nor_torch():
 def wheel(tmp_path_factory) -> Path:
     """The wheel `pip wheel .` builds from a copy of the checkout (setuptools from the venv)."""
     tmp = tmp_path_factory.mktemp("wheel")
-    ignore = shutil.ignore_patterns(".*", "__pycache__", "workdir*", "build", "*.egg-info")
+    patterns = shutil.ignore_patterns(".*", "__pycache__", "build", "*.egg-info")
+
+    def ignore(directory: str, names: list[str]) -> set[str]:
+        # Training runs' workdirs at the top only: hnc_jax/training/workdirs.py is a module.
+        top = {n for n in names if n.startswith("workdir")} if Path(directory) == REPO else set()
+        return patterns(directory, names) | top
+
     shutil.copytree(REPO, tmp / "src", ignore=ignore)
     cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
     out = subprocess.run([*cmd, "-w", str(tmp / "dist"), str(tmp / "src")], capture_output=True)

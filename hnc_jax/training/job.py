@@ -48,11 +48,13 @@ def check(config: ml_collections.ConfigDict) -> int:
     return num_classes
 
 
-def build(config: ml_collections.ConfigDict) -> Job:
-    """`check`s `config`, prepares its dataset, and builds the mesh over every device, the
-    model, the optimizer and a fresh state replicated over the mesh."""
+def build(config: ml_collections.ConfigDict, dataset: Dataset | None = None) -> Job:
+    """`check`s `config`, prepares its dataset (unless given, already loaded), and builds the
+    mesh over every device, the model, the optimizer and a fresh state replicated over the
+    mesh."""
     check(config)
-    dataset = pipeline.load(config)
+    if dataset is None:
+        dataset = pipeline.load(config)
     cache = config.compilation_cache_dir
     train_step.enable_compilation_cache(train_step.DEFAULT_CACHE_DIR if cache == "" else cache)
     mesh = train_step.make_mesh()

@@ -119,8 +119,11 @@ def train_and_evaluate(
     resumable fields and `allow_config_change`; one run owns it at a time (`force_owner`
     takes over a stale owner)."""
     changed = workdirs.check_config(workdir, config, allow_config_change)
+    # Bad fields and missing data are refused before the workdir is touched.
+    job.check(config)
+    dataset = pipeline.load(config)
     with workdirs.owned(workdir, force_owner), _StopFlag() as stop:
-        run = job.build(config)
+        run = job.build(config, dataset)
         workdirs.record_config(workdir, config, run.info.class_names, changed)
         manager = checkpoints.create_manager(workdir, config.keep_checkpoints)
         writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)

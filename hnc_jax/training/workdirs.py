@@ -53,6 +53,25 @@ RESUMABLE = (
 )
 # Fields an evaluation may change (`--mode=eval|cam` of a stored run on other data).
 EVAL_ONLY = ("eval_split", "eval_batch_size")
+# Fields only training reads: an evaluation may change them (e.g. a batch size that divides
+# this machine's device count); the model, its classes and input size may not change.
+TRAINING_ONLY = (
+    "batch_size",
+    "seed",
+    "hnc",
+    "label_smoothing",
+    "augment",
+    "shuffle_buffer_size",
+    "train_split",
+    "init_from",
+    "optimizer.learning_rate",
+    "optimizer.weight_decay",
+    "schedule",
+    "warmup_epochs",
+    "lr_decay_epochs",
+    "lr_decay_factor",
+    "grad_clip_norm",
+)
 
 
 def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
@@ -112,14 +131,19 @@ def check_config(
     may_change: Sequence[str] = RESUMABLE,
 ) -> dict[str, tuple[Any, Any]]:
     """Compares `config` with the workdir's stored one; returns the changed fields, all of
-    them allowed (`may_change`, `allow`), or raises ConfigError naming the others. Reads only
-    `config.json`: call it before anything expensive."""
+    them allowed (`may_change`, `allow`: a field or a group, `hnc` allows `hnc.weight`), or
+    raises ConfigError naming the others. Reads only `config.json`: call it before anything
+    expensive."""
     record = read_record(workdir)
     if record is None:
         return {}
     changed = changes(record["config"], config)
-    allowed = set(may_change) | set(allow)
-    refused = {key: value for key, value in changed.items() if key not in allowed}
+    allowed = (*may_change, *allow)
+    refused = {
+        key: value
+        for key, value in changed.items()
+        if not any(key == a or key.startswith(f"{a}.") for a in allowed)
+    }
     if refused:
         fields = ", ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in refused.items())
         raise ConfigError(
@@ -170,7 +194,9 @@ def _owner_record() -> dict:
 
 
 def _create_exclusive(path: epath.Path, text: str) -> bool:
-    """Creates `path` holding `text` unless it exists (atomic); False if it existed."""
+    """Creates `path` holding `text` unless it exists, atomically: a reader sees the whole
+    record or none (locally a hard link of a complete file, which fails if `path` exists).
+    False if it existed."""
     if os.fspath(path).startswith("gs://"):
         from google.api_core import exceptions  # Deferred: only bucket workdirs need GCS.
         from google.cloud import storage
@@ -182,12 +208,14 @@ def _create_exclusive(path: epath.Path, text: str) -> bool:
         except exceptions.PreconditionFailed:
             return False
         return True
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    tmp.write_text(text)
     try:
-        fd = os.open(os.fspath(path), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        os.link(tmp, path)
     except FileExistsError:
         return False
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
+    finally:
+        tmp.unlink()
     return True
 
 
