@@ -40,7 +40,9 @@ flags.DEFINE_string(
     "--mode=cam: output PNG (default: <workdir>/cams.png); --mode=export: "
     "the .safetensors or .pth file (torchvision's state_dict layout).",
 )
-flags.DEFINE_enum("checkpoint", "latest", ["latest", "best"], "Checkpoint to evaluate/export.")
+flags.DEFINE_enum(
+    "checkpoint", "latest", ["latest", "best"], "Checkpoint to evaluate, draw or export."
+)
 flags.DEFINE_list(
     "allow_config_change",
     [],
@@ -130,7 +132,7 @@ def main(argv: list[str]) -> None:
         elif FLAGS.mode == "cam":
             out = FLAGS.out or str(epath.Path(FLAGS.workdir) / "cams.png")
             args = (config, FLAGS.workdir, FLAGS.images, FLAGS.num_images, out)
-            path = inference.render_cams(*args)
+            path = inference.render_cams(*args, which=FLAGS.checkpoint)
             if jax.process_index() == 0:
                 print(f"wrote {path}")
             return

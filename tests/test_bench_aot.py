@@ -43,7 +43,6 @@ def _run(capsys, argv: list[str]) -> dict:
     return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
-@pytest.mark.slow
 def test_tiny_config_compiles_for_a_v5e_slice_with_consistent_figures(capsys):
     # 8 images per chip: TPU tiles pad a batch of 4 to 8 (the FLOPs of a batch of 4 count 8).
     small = _run(capsys, [*TINY, "--config.batch_size=32", "--config.eval_batch_size=32"])

@@ -22,6 +22,7 @@ TINY_STEP = ["--model=resnet18", "--width=0.125", "--stem=small", "--image_size=
 TINY_STEP += ["--batch_size=4", "--num_classes=10", "--k=3", "--repeats=2", "--warmup=1"]
 
 
+@pytest.mark.slow
 def test_step_bench_reports_every_variant(capsys):
     cli.main(["step", *TINY_STEP])
     result = _last_json(capsys)

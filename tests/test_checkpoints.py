@@ -1,39 +1,28 @@
-"""Checkpoints across device counts: a run saved on 4 devices initialises runs on 1 and 2
-(`init_from` restores onto the new run's own shardings; the saved ones name devices that
-the new run does not have)."""
+"""Checkpoints: a run saved on 2 devices initialises runs on 1 and 3 (`init_from` restores
+onto the new run's own shardings); an unreadable latest step falls back to the previous kept
+one; `restore_step` picks a kept step."""
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
 
+import jax
+import numpy as np
 import pytest
 
-from tests.test_main import ROOT
+from hnc_jax.errors import ConfigError
+from hnc_jax.training import checkpoints, job, loop
+from tests.helpers import ROOT, digits_config, truncate
 
-SAVE = textwrap.dedent(
-    """
-    import sys, jax, numpy as np
-    from hnc_jax.training import checkpoints, job, loop
-    from tests.test_loop import digits_config
-
-    config = digits_config(num_train_steps=2, batch_size=32, eval_batch_size=32)
-    assert jax.device_count() == 4
-    loop.train_and_evaluate(config, sys.argv[1])
-    run = job.build(config)
-    manager = checkpoints.create_manager(sys.argv[1], config.keep_checkpoints, read_only=True)
-    state = checkpoints.restore(manager, manager.latest_step(), run.state)
-    flat = jax.tree_util.tree_flatten_with_path(jax.device_get(state.params))[0]
-    np.savez(sys.argv[2], **{jax.tree_util.keystr(k): v for k, v in flat})
-    """
-)
 LOAD = textwrap.dedent(
     """
     import sys, jax, numpy as np
     from hnc_jax.training import checkpoints, job
-    from tests.test_loop import digits_config
+    from tests.helpers import digits_config
 
-    config = digits_config(batch_size=32, eval_batch_size=32)
+    config = digits_config(batch_size=48, eval_batch_size=48)
     run = job.build(config)
     state = checkpoints.init_from(sys.argv[1], run.state, run.info.num_classes)
     saved = np.load(sys.argv[2])
@@ -52,12 +41,17 @@ def _run(script: str, devices: int, *args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=600)  # fmt: skip
 
 
-@pytest.mark.slow
-def test_init_from_a_run_saved_on_another_device_count(tmp_path):
-    workdir, params = str(tmp_path / "four"), str(tmp_path / "params.npz")
-    saved = _run(SAVE, 4, workdir, params)
-    assert saved.returncode == 0, saved.stderr[-3000:]
-    for devices in (1, 2):
+def test_init_from_a_run_saved_on_another_device_count(trained_run, tmp_path):
+    """The shared run was saved on 2 devices; runs on 1 and 3 devices initialise from it
+    (onto their own shardings: the saved ones name devices they do not have)."""
+    workdir, params = str(trained_run[0]), str(tmp_path / "params.npz")
+    # The reference: the saved arrays as they are, restored onto one device.
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    flat = jax.tree_util.tree_flatten_with_path(
+        jax.device_get(checkpoints.load_variables(workdir, device)["params"])
+    )[0]
+    np.savez(params, **{jax.tree_util.keystr(k): v for k, v in flat})
+    for devices in (1, 3):
         loaded = _run(LOAD, devices, workdir, params)
         assert loaded.returncode == 0, loaded.stderr[-3000:]
         assert loaded.stdout.split() == ["ok", str(devices), str(devices)]
@@ -66,18 +60,10 @@ def test_init_from_a_run_saved_on_another_device_count(tmp_path):
 @pytest.fixture(scope="module")
 def saved_steps(tmp_path_factory):
     """(config, workdir) of a tiny run saved at steps 2 and 4 (trained once; tests copy it)."""
-    from hnc_jax.training import loop
-    from tests.test_loop import digits_config
-
     config = digits_config(num_train_steps=4, image_panel_examples=0)
     workdir = tmp_path_factory.mktemp("saved") / "work"
     loop.train_and_evaluate(config, str(workdir))
     return config, workdir
-
-
-def _truncate(path):
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2])
 
 
 def _damage(workdir, step, which):
@@ -87,21 +73,19 @@ def _damage(workdir, step, which):
         (target,) = [p for p in files if p.name == "_METADATA"]
     else:
         target = max(files, key=lambda p: p.stat().st_size)
-    _truncate(target)
+    truncate(target)
 
 
 @pytest.mark.parametrize("which", ["metadata", "array"])
+@pytest.mark.slow
 def test_unreadable_latest_step_falls_back_to_the_previous_one(
     saved_steps, tmp_path, which, caplog
 ):
-    import shutil
-
-    from hnc_jax.training import loop
-
     config, saved = saved_steps
     workdir = tmp_path / "work"
     shutil.copytree(saved, workdir)
     _damage(workdir, 4, which)
+    config = config.copy_and_resolve_references()
     config.num_train_steps = 6
     result = loop.train_and_evaluate(config, str(workdir))
     assert result["step"] == 6
@@ -112,12 +96,8 @@ def test_unreadable_latest_step_falls_back_to_the_previous_one(
     assert (workdir / "checkpoints" / "4").is_dir()  # Trained again from step 2 and saved.
 
 
+@pytest.mark.slow
 def test_no_readable_step_is_an_error_never_step_zero(saved_steps, tmp_path):
-    import shutil
-
-    from hnc_jax.errors import ConfigError
-    from hnc_jax.training import loop
-
     config, saved = saved_steps
     workdir = tmp_path / "work"
     shutil.copytree(saved, workdir)
@@ -127,12 +107,8 @@ def test_no_readable_step_is_an_error_never_step_zero(saved_steps, tmp_path):
         loop.train_and_evaluate(config, str(workdir))
 
 
+@pytest.mark.slow
 def test_restore_step_picks_a_kept_step(saved_steps, tmp_path):
-    import shutil
-
-    from hnc_jax.errors import ConfigError
-    from hnc_jax.training import checkpoints, job, loop
-
     config, saved = saved_steps
     workdir = tmp_path / "work"
     shutil.copytree(saved, workdir)

@@ -8,13 +8,8 @@ import tensorflow_datasets as tfds
 
 from hnc_jax.data import cluttered_digits as cd
 
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    data_dir = tmp_path_factory.mktemp("tfds")
-    builder = tfds.builder("cluttered_digits", data_dir=str(data_dir))
-    builder.download_and_prepare()
-    return builder
+# The TFDS builder (TensorFlow, the same in both tested sets) and whole builds.
+pytestmark = pytest.mark.slow
 
 
 def _examples(builder, split):
@@ -62,7 +57,7 @@ def test_render_multi_digit_boxes_are_tight_and_disjoint():
         assert inks.sum(0).max() == 1  # No pixel is ink of two digits.
 
 
-def test_splits_are_disjoint_and_labels_match_sources(built):
+def test_splits_are_disjoint_and_labels_match_sources(digits):
     ids = cd.source_split(0)
     assert not set(ids["train"]) & set(ids["test"])
     assert len(ids["train"]) + len(ids["test"]) == 1797
@@ -72,7 +67,7 @@ def test_splits_are_disjoint_and_labels_match_sources(built):
     assert len(ids["validation"]) == round(0.2 * len(ids["train"]))
     _, targets = cd._digits()
     for split, copies in (("train", 4), ("test", 2), ("train_fit", 4), ("validation", 4)):
-        examples = _examples(built, split)
+        examples = _examples(digits, split)
         sources = np.array([ex["source_id"] for ex in examples])
         assert len(examples) == copies * len(ids[split])
         np.testing.assert_array_equal(np.unique(sources), ids[split])
@@ -88,14 +83,14 @@ def _records(builder, split):
     ]
 
 
-def test_fit_and_validation_are_train_canvases(built):
-    fit, val = _records(built, "train_fit"), _records(built, "validation")
-    assert sorted(fit + val) == sorted(_records(built, "train"))
+def test_fit_and_validation_are_train_canvases(digits):
+    fit, val = _records(digits, "train_fit"), _records(digits, "validation")
+    assert sorted(fit + val) == sorted(_records(digits, "train"))
     assert not {r[3] for r in fit} & {r[3] for r in val}
 
 
-def test_built_boxes_enclose_ink_with_ink_on_every_edge(built):
-    for ex in _examples(built, "test")[:200]:
+def test_built_boxes_enclose_ink_with_ink_on_every_edge(digits):
+    for ex in _examples(digits, "test")[:200]:
         image = ex["image"]
         assert image.shape == (48, 48, 3) and (image[..., 0] == image[..., 2]).all()
         y0, x0, y1, x1 = np.round(ex["bbox"] * cd.CANVAS).astype(int)
@@ -104,27 +99,19 @@ def test_built_boxes_enclose_ink_with_ink_on_every_edge(built):
         assert 8 <= y1 - y0 <= 24 and 2 <= x1 - x0 <= 24
 
 
-def test_rebuild_gives_the_same_records_in_order(built, tmp_path):
+def test_rebuild_gives_the_same_records_in_order(digits, tmp_path):
     again = tfds.builder("cluttered_digits", data_dir=str(tmp_path))
     again.download_and_prepare()
     for split in ("train", "test", "train_fit", "validation"):
-        assert _records(again, split) == _records(built, split)
+        assert _records(again, split) == _records(digits, split)
 
 
-@pytest.fixture(scope="module")
-def multi(tmp_path_factory):
-    builder = tfds.builder("cluttered_digits/multi", data_dir=str(tmp_path_factory.mktemp("m")))
-    builder.download_and_prepare()
-    return builder
-
-
-@pytest.mark.slow
-def test_multi_labels_boxes_and_own_pools(multi):
+def test_multi_labels_boxes_and_own_pools(multi_digits):
     ids = cd.source_split(0)
     _, targets = cd._digits()
     counts = []
     for split in ("train_fit", "validation", "test"):
-        for ex in _examples(multi, split):
+        for ex in _examples(multi_digits, split):
             labels, boxes, sources = ex["labels"], ex["bboxes"], ex["source_ids"]
             assert 2 <= len(labels) <= 3 and len(set(labels)) == len(labels)
             assert len(boxes) == len(sources) == len(labels)
@@ -140,14 +127,13 @@ def test_multi_labels_boxes_and_own_pools(multi):
     assert set(counts) == {2, 3}
 
 
-@pytest.mark.slow
-def test_multi_batches_are_multi_hot(multi):
+def test_multi_batches_are_multi_hot(multi_digits):
     from configs import cluttered_digits_multi
     from hnc_jax.data import pipeline
 
     config = cluttered_digits_multi.get_config()
     config.data_dir, config.eval_split, config.eval_batch_size = (
-        str(multi.data_dir_root),
+        str(multi_digits.data_dir_root),
         "test",
         64,
     )
@@ -156,6 +142,6 @@ def test_multi_batches_are_multi_hot(multi):
     assert info.multi_label and info.num_classes == 10 and not info.has_boxes
     batch = next(pipeline.eval_iterator(dataset, config))
     expected = np.zeros((64, 10), np.float32)
-    for row, ex in enumerate(_examples(multi, "test")[:64]):
+    for row, ex in enumerate(_examples(multi_digits, "test")[:64]):
         expected[row, ex["labels"]] = 1.0
     np.testing.assert_array_equal(batch["label"], expected)

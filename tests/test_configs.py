@@ -9,11 +9,11 @@ import re
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT
+
 CONFIGS = sorted(p.stem for p in (ROOT / "configs").glob("*.py") if p.stem != "__init__")
 OVERRIDE = re.compile(r"--config\.batch_size=(\d+)` on [^(]*\((\d+) devices\)")
 

@@ -6,10 +6,8 @@ statistics; nothing is downloaded. Tests that need torch are skipped without it.
 """
 
 import logging
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -22,9 +20,9 @@ from hnc_jax import models
 from hnc_jax.errors import ConfigError
 from hnc_jax.training import checkpoints, train_step
 from hnc_jax.weights import convert, formats
+from tests.helpers import ROOT, error_lines, run_main
 
 TORCH_REASON = "torch is optional: pip install -r requirements-torch.txt"
-ROOT = Path(__file__).resolve().parents[1]
 ARCHS = {  # depth -> (blocks per layer, bottleneck)
     18: ((2, 2, 2, 2), False),
     34: ((3, 4, 6, 3), False),
@@ -494,42 +492,26 @@ def test_export_refuses_bad_paths_and_models(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_main_exports_a_trained_workdir(tmp_path):
+def test_main_exports_a_trained_workdir(trained_run, tmp_path):
     """main.py --mode=export on a tiny trained workdir (narrow, small stem; trained on 2
     devices, exported on 1): the file holds the checkpoint exactly and a torch model of the
     same width and stem reproduces it."""
-    from tests.test_main import TINY, run_main
-
-    workdir = tmp_path / "work"
-    trained = run_main(f"--workdir={workdir}", "--config.num_train_steps=3", *TINY, devices=2)
-    assert trained.returncode == 0, trained.stderr[-3000:]
+    workdir = trained_run[0]
     out = tmp_path / "exported" / "model.safetensors"
     done = run_main(f"--workdir={workdir}", "--mode=export", f"--out={out}", "--checkpoint=best")
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().splitlines()[-1] == f"wrote {out}"
     with checkpoints.create_manager(str(workdir), keep=1, read_only=True) as manager:
         assert manager.latest_step() == manager.best_step() == 3
-    # The reference: the checkpoint as restored where it was saved (2 devices).
-    script = f"""
-import jax, numpy as np
-from flax import traverse_util
-from hnc_jax.training import checkpoints
-device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-variables = jax.device_get(checkpoints.load_variables({str(workdir)!r}, device))
-np.savez({str(tmp_path / "saved.npz")!r}, **traverse_util.flatten_dict(variables, sep="/"))
-"""
-    env = dict(os.environ, JAX_NUM_CPU_DEVICES="2")
-    command = [sys.executable, "-c", script]
-    saved = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
-    assert saved.returncode == 0, saved.stderr[-3000:]
-    with np.load(tmp_path / "saved.npz") as npz:
-        variables = traverse_util.unflatten_dict(dict(npz), sep="/")
+    # The reference: the checkpoint's arrays as saved, restored onto one device.
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    variables = jax.device_get(checkpoints.load_variables(str(workdir), device))
     got, want = formats.read(out), convert.to_state_dict(variables)
     assert sorted(got) == sorted(want)
     for key, value in want.items():
         np.testing.assert_array_equal(got[key], value)
     bad = run_main(f"--workdir={workdir}", "--mode=export", f"--out={tmp_path / 'model.npz'}")
-    errors = [line for line in bad.stderr.splitlines() if line.startswith("error:")]
+    errors = error_lines(bad.stderr)
     assert bad.returncode == 2 and len(errors) == 1, bad.stderr[-2000:]
     assert errors[0].endswith("model.npz: give a .safetensors or .pth file")
 

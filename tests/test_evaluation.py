@@ -11,7 +11,7 @@ from hnc_jax.training import evaluation, job
 
 
 @pytest.mark.slow
-def test_multi_label_eval_reports_map_and_f1():
+def test_multi_label_eval_reports_map_and_f1(multi_digits):
     config = cluttered_digits_multi.get_config()
     config.model_width, config.compilation_cache_dir = 0.0625, None
     config.eval_split, config.eval_batch_size = "test[:40]", 16  # The last batch is padded.

@@ -19,6 +19,9 @@ from etils.epath import backend as epath_backend
 
 from hnc_jax.data import cluttered_digits
 
+# TFDS, orbax and clu on the emulator: the same versions in both tested sets.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def empty_cwd(tmp_path, monkeypatch):
@@ -132,7 +135,6 @@ os._exit(0)  # Killed while step 2 is being written (its commit takes dozens of 
 """
 
 
-@pytest.mark.slow  # A subprocess importing TF, JAX and orbax: about 15 s.
 def test_orbax_save_killed_midway_is_ignored_then_redone(gcs_emulator, gcs_bucket, empty_cwd):
     directory = f"{gcs_bucket}/run/checkpoints"
     script = textwrap.dedent(_KILLED_SAVE.format(directory=directory))
@@ -151,7 +153,6 @@ def test_orbax_save_killed_midway_is_ignored_then_redone(gcs_emulator, gcs_bucke
     assert float(restored["w"][0, 0]) == 3.0
 
 
-@pytest.mark.slow  # Preparing cluttered_digits in the bucket: about 15 s, once per session.
 def test_tfds_reads_a_dataset_prepared_in_a_bucket(gcs_emulator, gcs_digits_dir, empty_cwd):
     builder = tfds.builder("cluttered_digits", data_dir=gcs_digits_dir)
     assert builder.is_prepared() and builder.data_dir.startswith("gs://tfds/")

@@ -10,30 +10,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from configs import default
+from hnc_jax.data import pipeline
 from hnc_jax.training import inference
-from tests.test_main import ROOT, TINY, run_main
+from tests.helpers import ROOT, TINY, run_main, tiny_config, write_image_folder
 
 
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    """A workdir trained for 2 steps of the tiny default."""
-    path = tmp_path_factory.mktemp("inference") / "work"
-    result = run_main(f"--workdir={path}", "--config.num_train_steps=2", *TINY)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return path
-
-
-def tiny_config():
-    config = default.get_config()
-    config.model_width = 0.0625
-    config.batch_size, config.eval_batch_size = 32, 64
-    config.eval_split = "test[:64]"
-    return config
+@pytest.fixture
+def workdir(trained_run):
+    return trained_run[0]
 
 
 def test_cam_mode_draws_eval_images_and_files(workdir, tmp_path):
-    config = tiny_config()
+    config = tiny_config(batch_size=32, eval_batch_size=64, eval_split="test[:64]")
     path = inference.render_cams(config, str(workdir), None, 3, str(tmp_path / "eval.png"))
     assert Image.open(path).size == (5 * 160, 3 * 160)
     Image.fromarray(np.full((48, 48), 200, np.uint8)).save(tmp_path / "a.png")
@@ -44,11 +32,34 @@ def test_cam_mode_draws_eval_images_and_files(workdir, tmp_path):
         inference.render_cams(config, str(tmp_path / "empty"), None, 2, str(tmp_path / "x.png"))
 
 
+@pytest.mark.parametrize("dataset", ["cluttered_digits", "image_folder"])
+def test_image_files_are_preprocessed_as_the_eval_pipeline_does(dataset, tmp_path):
+    """Digits are decoded whole, folder images (however small) centrally cropped: an image
+    file drawn by --mode=cam gives the model what evaluation gave it."""
+    if dataset == "image_folder":
+        write_image_folder(tmp_path, {"train": 1, "val": 3}, size=40)
+        config = tiny_config(dataset=dataset, image_folder=str(tmp_path), eval_split="val",
+                             image_size=16, eval_batch_size=2)  # fmt: skip
+    else:
+        config = tiny_config(eval_split="test[:4]", eval_batch_size=2)
+    data = pipeline.load(config)
+    count = 6 if dataset == "image_folder" else 4  # The whole split.
+    want = inference.first_eval_examples(data, config, count)["image"]
+    if dataset == "image_folder":
+        paths = data.files["val"][0]
+    else:  # The digits' test images, written out as PNG files.
+        paths = [str(tmp_path / f"{i}.png") for i in range(len(want))]
+        for path, image in zip(paths, want, strict=True):
+            Image.fromarray(image).save(path)
+    assert len(paths) == len(want) == count
+    np.testing.assert_array_equal(inference.load_images(paths, config), want)
+
+
 PADDING_SCRIPT = textwrap.dedent(
     """
     import jax, numpy as np
     from hnc_jax.training import inference, train_step
-    from tests.test_train_step import make_batch, tiny_config
+    from tests.helpers import make_batch, tiny_config
 
     config = tiny_config()
     mesh = train_step.make_mesh()

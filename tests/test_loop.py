@@ -1,6 +1,7 @@
 """The training job in process: resume after a crash and after SIGTERM is bit-identical, a
 non-finite loss stops at its step, eval-only of a saved checkpoint, mock-data ImageNet."""
 
+import re
 import signal
 
 import jax
@@ -10,30 +11,9 @@ import tensorflow_datasets as tfds
 
 from configs import imagenet_resnet101_hnc_mse
 from hnc_jax.data import pipeline
+from hnc_jax.errors import ConfigError
 from hnc_jax.training import checkpoints, job, loop
-from tests.test_train_step import CACHE, tiny_config
-
-
-def digits_config(**overrides):
-    settings = dict(
-        train_split="train[:256]",
-        eval_split="test[:64]",
-        batch_size=32,
-        eval_batch_size=64,
-        num_train_steps=6,
-        checkpoint_every_steps=2,
-        eval_every_steps=1000,
-        image_panel_examples=2,
-        compilation_cache_dir=CACHE,
-    )
-    return tiny_config(**{**settings, **overrides})
-
-
-def final_params(config, workdir):
-    run = job.build(config)
-    manager = checkpoints.create_manager(str(workdir), config.keep_checkpoints, read_only=True)
-    state = checkpoints.restore(manager, manager.latest_step(), run.state)
-    return int(state.step), jax.device_get(state.params)
+from tests.helpers import digits_config, final_params, truncate, write_image_folder
 
 
 def interrupt_at(monkeypatch, batch_index, action):
@@ -53,7 +33,6 @@ def crash(batch):
     raise KeyboardInterrupt("killed")
 
 
-@pytest.mark.slow
 def test_resume_after_crash_and_sigterm_is_bit_identical(tmp_path, monkeypatch):
     config = digits_config()
     result = loop.train_and_evaluate(config, str(tmp_path / "a"))
@@ -83,6 +62,7 @@ def test_resume_after_crash_and_sigterm_is_bit_identical(tmp_path, monkeypatch):
     assert evaluated == result
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_with_its_step(tmp_path, monkeypatch):
     config = digits_config()
     config.image_dtype = "float32"  # Normalised on the host, so a NaN image can be fed.
@@ -91,6 +71,28 @@ def test_non_finite_loss_stops_with_its_step(tmp_path, monkeypatch):
         loop.train_and_evaluate(config, str(tmp_path))
 
 
+@pytest.mark.slow
+def test_a_failed_evaluation_keeps_its_step_and_releases_the_workdir(tmp_path):
+    folder, workdir = tmp_path / "images", tmp_path / "work"
+    write_image_folder(folder, {"train": 4, "val": 2})
+    good = (folder / "val" / "b" / "1.jpg").read_bytes()
+    bad = truncate(folder / "val" / "b" / "1.jpg")
+    fields = dict(dataset="image_folder", image_folder=str(folder), train_split="train",
+                  eval_split="val", image_size=16, batch_size=4, eval_batch_size=4)  # fmt: skip
+    config = digits_config(**fields, num_train_steps=4, eval_every_steps=2, **{"hnc.k": 1})
+    with pytest.raises(
+        ConfigError, match=f"cannot decode 1 image of the val split: {re.escape(bad)}"
+    ):
+        loop.train_and_evaluate(config, str(workdir))
+    # Step 2's evaluation failed after its training: the step is on disk, the owner gone.
+    with checkpoints.create_manager(str(workdir), 2, read_only=True) as manager:
+        assert manager.all_steps() == [2]
+    assert not (workdir / "owner.json").exists() and (workdir / "config.json").exists()
+    (folder / "val" / "b" / "1.jpg").write_bytes(good)  # Repaired: the run goes on from 2.
+    assert loop.train_and_evaluate(config, str(workdir))["step"] == 4
+
+
+@pytest.mark.slow
 def test_imagenet_config_trains_a_step_on_mock_data(tmp_path, monkeypatch):
     # mock_data fakes the records but not `is_prepared`, which guards manual datasets.
     monkeypatch.setattr(tfds.core.DatasetBuilder, "is_prepared", lambda self: True)
@@ -104,7 +106,6 @@ def test_imagenet_config_trains_a_step_on_mock_data(tmp_path, monkeypatch):
             eval_batch_size=4,
             num_train_steps=1,
             image_panel_examples=0,
-            compilation_cache_dir=CACHE,
             data_dir=str(tmp_path / "tfds"),
         )
     )
@@ -119,6 +120,7 @@ def test_imagenet_config_trains_a_step_on_mock_data(tmp_path, monkeypatch):
     assert 3.0 < result["eval/loss"] < 100.0
 
 
+@pytest.mark.slow
 def test_init_from_another_run_loads_its_weights_only(tmp_path):
     config = digits_config(num_train_steps=2)
     loop.train_and_evaluate(config, str(tmp_path / "a"))

@@ -137,6 +137,7 @@ def wheel(tmp_path_factory) -> Path:
     return found
 
 
+@pytest.mark.slow
 def test_wheel_holds_the_package_alone(wheel):
     assert wheel.name.startswith(f"hnc_jax-{hnc_jax.__version__}-py3-none-any")
     names = zipfile.ZipFile(wheel).namelist()
@@ -152,6 +153,7 @@ def test_wheel_holds_the_package_alone(wheel):
     assert {"tpu", "cuda", "torch", "test"} <= extras
 
 
+@pytest.mark.slow
 def test_installed_wheel_computes_a_loss_from_another_directory(wheel, tmp_path):
     target = tmp_path / "site"
     cmd = [sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q"]
@@ -203,6 +205,7 @@ def test_readme_is_a_front_door():
         assert f"docs/{page}.md" in readme, page
 
 
+@pytest.mark.slow
 def test_readme_code_runs(tmp_path):
     """The README's Python blocks, in order, in one fresh process (as a reader pastes them)."""
     blocks = re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(), re.S)

@@ -18,6 +18,7 @@ from hnc_jax.bench import resume
 from hnc_jax.data import image_stats, records, transforms
 from hnc_jax.data import pipeline as ip
 from hnc_jax.errors import ConfigError
+from tests.helpers import truncate, write_image_folder
 
 DIGITS_STREAM_SHA256 = "e00e8a67f8d74d311c306b209a890c8ef33f90ac1d696a9f7893f9c3fa590e90"
 
@@ -42,11 +43,9 @@ def make_config(**overrides) -> ml_collections.ConfigDict:
     return config
 
 
-@pytest.fixture(scope="module")
-def digits_dir(tmp_path_factory):
-    data_dir = str(tmp_path_factory.mktemp("tfds"))
-    tfds.builder("cluttered_digits", data_dir=data_dir).download_and_prepare()
-    return data_dir
+@pytest.fixture
+def digits_dir(digits):
+    return str(digits.data_dir_root)
 
 
 def _take(iterator, n):
@@ -379,18 +378,17 @@ def _write_folder(root):
     (root / "train" / "red" / "notes.txt").write_text("not an image")
 
 
+def _reads_folder(root, **fields) -> ml_collections.ConfigDict:
+    """A config that reads the image folder `root` (train/ and val/), batches of 2."""
+    fields = {"image_size": 16, "eval_batch_size": 2, **fields}
+    return make_config(dataset="image_folder", image_folder=str(root), eval_split="val",
+                       batch_size=2, **fields)  # fmt: skip
+
+
 def folder_config(root, **overrides) -> ml_collections.ConfigDict:
     """Writes the two-class image folder under `root`; a config that reads it."""
     _write_folder(root)
-    return make_config(
-        dataset="image_folder",
-        image_folder=str(root),
-        eval_split="val",
-        image_size=32,
-        batch_size=2,
-        eval_batch_size=4,
-        **overrides,
-    )
+    return _reads_folder(root, image_size=32, eval_batch_size=4, **overrides)
 
 
 @pytest.mark.parametrize("image_dtype", ["uint8", "float32"])
@@ -459,28 +457,8 @@ def test_boxes_follow_crops_and_flips(fmt, tmp_path):
 
 def _small_folder(root, counts, classes=("a", "b")) -> ml_collections.ConfigDict:
     """16x16 JPEGs: `counts[split]` per class of each split; a config that reads them."""
-    rng = np.random.default_rng(0)
-    for split, count in counts.items():
-        for name in classes:
-            (root / split / name).mkdir(parents=True, exist_ok=True)
-            for i in range(count):
-                pixels = rng.integers(0, 256, (16, 16, 3), np.uint8)
-                Image.fromarray(pixels).save(root / split / name / f"{i}.jpg", quality=95)
-    return make_config(
-        dataset="image_folder",
-        image_folder=str(root),
-        eval_split="val",
-        image_size=16,
-        batch_size=2,
-        eval_batch_size=2,
-    )
-
-
-def _truncate(path, keep=0.5) -> str:
-    """Cuts the file to `keep` of its bytes, as an interrupted copy would."""
-    data = path.read_bytes()
-    path.write_bytes(data[: int(len(data) * keep)])
-    return str(path)
+    write_image_folder(root, counts, classes)
+    return _reads_folder(root)
 
 
 def _one_line_error(fn, *args) -> str:
@@ -540,9 +518,9 @@ def test_check_images_names_a_truncated_jpeg_at_load(tmp_path):
     config = _small_folder(tmp_path, {"train": 3, "val": 2})
     config.check_images = True
     bad = [
-        _truncate(tmp_path / "train" / "b" / "1.jpg"),
-        _truncate(tmp_path / "val" / "a" / "0.jpg"),
-        _truncate(tmp_path / "val" / "b" / "1.jpg", keep=0.9),  # Cut in the pixels:
+        truncate(tmp_path / "train" / "b" / "1.jpg"),
+        truncate(tmp_path / "val" / "a" / "0.jpg"),
+        truncate(tmp_path / "val" / "b" / "1.jpg", keep=0.9),  # Cut in the pixels:
     ]
     Image.open(bad[-1]).verify()  # verify() reads the headers only, and passes.
     (tmp_path / "train" / "a" / "2.jpg").write_bytes(b"")  # Empty: not an image at all.
@@ -558,8 +536,8 @@ def test_check_images_names_a_truncated_jpeg_at_load(tmp_path):
 
 def test_bad_image_is_named_when_a_batch_reads_it(tmp_path, monkeypatch):
     config = _small_folder(tmp_path, {"train": 4, "val": 2})  # 4 steps a train epoch.
-    bad_train = _truncate(tmp_path / "train" / "b" / "1.jpg")
-    bad_eval = _truncate(tmp_path / "val" / "b" / "1.jpg")
+    bad_train = truncate(tmp_path / "train" / "b" / "1.jpg")
+    bad_eval = truncate(tmp_path / "val" / "b" / "1.jpg")
     dataset = ip.load(config)
     message = _one_line_error(list, ip.eval_iterator(dataset, config))
     assert f"cannot decode 1 image of the val split: {bad_eval} (" in message

@@ -4,9 +4,7 @@ multi-device equivalence in a subprocess with 8 simulated CPU devices."""
 import os
 import subprocess
 import sys
-import tempfile
 import textwrap
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -14,36 +12,9 @@ import numpy as np
 import optax
 import pytest
 
-from configs import default
 from hnc_jax import losses
 from hnc_jax.training import evaluation, job, train_step
-
-ROOT = Path(__file__).resolve().parents[1]
-# Shared by the test runs on this machine: the second run compiles nothing.
-CACHE = os.path.join(tempfile.gettempdir(), "hnc_jax_test_cache")
-train_step.enable_compilation_cache(CACHE)
-
-
-def tiny_config(**overrides):
-    config = default.get_config()
-    config.model_width = 0.0625
-    config.log_every_steps = 2
-    config.compilation_cache_dir = None
-    for key, value in overrides.items():
-        parent = config
-        *path, leaf = key.split(".")
-        for name in path:
-            parent = parent[name]
-        parent[leaf] = value
-    return config
-
-
-def make_batch(n=8, size=16, classes=10, seed=0):
-    rng = np.random.default_rng(seed)
-    return {
-        "image": rng.integers(0, 256, (n, size, size, 3), np.uint8),  # As the pipeline.
-        "label": rng.integers(0, classes, n).astype(np.int32),
-    }
+from tests.helpers import ROOT, make_batch, tiny_config
 
 
 def build(config, size=16):
@@ -209,6 +180,7 @@ def test_eval_sums_ignore_padding(hnc_step):
         ({"dataset": "no_such_dataset"}, "unknown dataset 'no_such_dataset'"),
         ({"hnc.k": 10}, "hnc.k must be in [1, 9]"),
         ({"hnc.weight": -0.1}, "hnc.weight must be >= 0"),
+        ({"init_from": "/no/r50.pth"}, "init_from '/no/r50.pth' does not exist"),
         ({"hnc.weight_warmup_epochs": -1.0}, "hnc.weight_warmup_epochs must be >= 0"),
         ({"hnc.loss": "l1"}, "unknown hnc.loss 'l1'"),
         ({"schedule": "linear"}, "unknown schedule 'linear'"),
@@ -229,7 +201,8 @@ MULTI_DEVICE_SCRIPT = textwrap.dedent(
     import jax, jax.numpy as jnp, numpy as np, optax
     from hnc_jax import losses
     from hnc_jax.training import train_step
-    from tests.test_train_step import make_batch, multi_hot_labels, tiny_config
+    from tests.helpers import make_batch, tiny_config
+    from tests.test_train_step import multi_hot_labels
 
     def reference(config, model, tx, state, batch, chunks):
         # One device, the whole batch: CE and HNC over all of it, HNC from the full CAMs;
@@ -296,7 +269,6 @@ def multi_hot_labels() -> np.ndarray:
     return labels
 
 
-@pytest.mark.slow
 def test_eight_devices_match_one_device_reference():
     env = dict(os.environ, JAX_NUM_CPU_DEVICES="8", PYTHONPATH=str(ROOT))
     result = subprocess.run(

@@ -338,8 +338,21 @@ def load(config: ml_collections.ConfigDict) -> Dataset:
         has_boxes="bbox" in features.keys()
         and isinstance(features["bbox"], tfds.features.BBoxFeature),
     )
-    small = None not in shape[:2] and max(shape[:2]) <= SMALL_IMAGE
-    return Dataset(info=info, small=small, builder=builder, label_key=label_key)
+    return Dataset(info=info, small=_small(shape), builder=builder, label_key=label_key)
+
+
+def _small(shape) -> bool:
+    return None not in shape[:2] and max(shape[:2]) <= SMALL_IMAGE
+
+
+def decodes_whole(config: ml_collections.ConfigDict) -> bool:
+    """True when the dataset's images are decoded whole and resized (a fixed shape of at most
+    `SMALL_IMAGE` pixels: CIFAR, digits), False when eval takes their central crop (image
+    folders, ImageNet). From the metadata alone: nothing is prepared."""
+    _check_fields(config)
+    if config.dataset == "image_folder":
+        return False
+    return _small(_builder(config).info.features["image"].shape)
 
 
 def num_classes(config: ml_collections.ConfigDict) -> int:

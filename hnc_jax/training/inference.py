@@ -92,32 +92,33 @@ def restore(
 
 
 def _predict_from_record(
-    config: ml_collections.ConfigDict, workdir: str
+    config: ml_collections.ConfigDict, workdir: str, which: str
 ) -> tuple[list[str], Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]]:
-    """(class names, predict) of the latest checkpoint, from the workdir's stored record
+    """(class names, predict) of the `which` checkpoint, from the workdir's stored record
     (`workdirs`) and weights alone: no dataset is prepared. A workdir from before the record
     has its class names from its dataset (`restore`)."""
     record = workdirs.read_record(workdir)
     if record is None:
-        restored = restore(config, workdir)
+        restored = restore(config, workdir, which)
         return restored.job.info.class_names, restored.predict
     names = record["class_names"]
     mesh = train_step.make_mesh()
-    variables = checkpoints.load_variables(workdir, NamedSharding(mesh, P()))
+    variables = checkpoints.load_variables(workdir, NamedSharding(mesh, P()), which)
     model = train_step.create_model(config, len(names))
     return names, functools.partial(make_predict(model, mesh), variables)
 
 
 def load_images(paths: Sequence[str], config: ml_collections.ConfigDict) -> np.ndarray:
     """Image files (paths or URLs) -> (N, S, S, 3) batches as the eval pipeline makes them
-    (`config.image_dtype`): whole and resized for small-image datasets (side
-    `config.image_size` <= 64), else the central crop."""
+    (`config.image_dtype`): whole and resized for small-image datasets
+    (`pipeline.decodes_whole`), else the central crop."""
+    whole = pipeline.decodes_whole(config)
     out = []
     for path in paths:
         if not tf.io.gfile.exists(path):
             raise ConfigError(f"image file not found: {path}")
         data = tf.io.read_file(path)
-        if config.image_size <= pipeline.SMALL_IMAGE:
+        if whole:
             image = transforms.decode_small(data, config.image_size)
         else:
             key = tf.zeros([2], tf.int64)
@@ -150,18 +151,19 @@ def render_cams(
     num_eval: int,
     out: str,
     k: int = 3,
+    which: str = "latest",
 ) -> str:
-    """Writes `figures.overlay_figure` for the latest checkpoint of `workdir` as the PNG `out`
-    (a path or URL; process 0 writes): for the image files `images` (no labels: the top-1
-    class stands in for the true one), or else for the first `num_eval` eval images (with
-    their labels and boxes). Returns `out`."""
+    """Writes `figures.overlay_figure` for the `which` ('latest' or 'best') checkpoint of
+    `workdir` as the PNG `out` (a path or URL; process 0 writes): for the image files
+    `images` (no labels: the top-1 class stands in for the true one), or else for the first
+    `num_eval` eval images (with their labels and boxes). Returns `out`."""
     if not images and num_eval <= 0:
         raise ConfigError(f"give image files or num_eval > 0, got num_eval={num_eval}")
     if images:  # No labels: the top-1 class stands in for the true one.
-        names, predict = _predict_from_record(config, workdir)
+        names, predict = _predict_from_record(config, workdir, which)
         examples, labels = {"image": load_images(images, config)}, None
     else:
-        restored = restore(config, workdir)
+        restored = restore(config, workdir, which)
         info, predict, names = restored.job.info, restored.predict, restored.job.info.class_names
         examples = first_eval_examples(restored.job.dataset, config, num_eval)
         labels = None if info.multi_label else examples["label"]

@@ -195,6 +195,11 @@ def _train(config, workdir, run, manager, writer, stop, restore_step) -> dict[st
             stopwatch.pause()  # Rates count training only.
             try:
                 eval_metrics = evaluation.evaluate(eval_step, state, run.dataset, config, run.mesh)
+                panel_batch = next(pipeline.eval_iterator(run.dataset, config))
+                variables = train_step.model_variables(state)
+                panel = inference.cam_panel(
+                    predict, variables, panel_batch, run.info, config.image_panel_examples
+                )
             except BaseException:
                 # Orbax records a step's metrics (for the best checkpoint) only when it saves
                 # the step, so evaluation comes first; when it fails, the step is saved
@@ -203,11 +208,6 @@ def _train(config, workdir, run, manager, writer, stop, restore_step) -> dict[st
                 logging.error("evaluation failed at step %d: saved the step first", done)
                 raise
             writer.write_scalars(done, eval_metrics)
-            panel_batch = next(pipeline.eval_iterator(run.dataset, config))
-            variables = train_step.model_variables(state)
-            panel = inference.cam_panel(
-                predict, variables, panel_batch, run.info, config.image_panel_examples
-            )
             if panel is not None:
                 writer.write_images(done, {"cams": panel[None]})
             stopwatch.resume()

@@ -42,7 +42,10 @@ from hnc_jax.errors import ConfigError
 HNC_CHOICES = ("mse", "kd", "none")
 SCHEDULES = ("step", "cosine")
 WEIGHT_DECAY_MODES = ("coupled", "decoupled")
-DEFAULT_CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "hnc_jax", "jax_cache")
+# `compilation_cache_dir: ""` means this: $HNC_JAX_CACHE_DIR, else ~/.cache/hnc_jax/jax_cache.
+DEFAULT_CACHE_DIR = os.environ.get("HNC_JAX_CACHE_DIR") or os.path.join(
+    os.path.expanduser("~"), ".cache", "hnc_jax", "jax_cache"
+)
 
 
 class TrainState(flax.struct.PyTreeNode):
