@@ -49,7 +49,9 @@ flags.DEFINE_list(
     "Config fields that may differ from the workdir's stored config, on purpose (recorded).",
 )
 flags.DEFINE_bool("force_owner", False, "--mode=train: take the workdir over from a run gone.")
-flags.DEFINE_integer("restore_step", None, "--mode=train: resume from this kept step.")
+flags.DEFINE_integer(
+    "restore_step", None, "--mode=train: resume from this kept step (later ones set aside)."
+)
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
 flags.DEFINE_integer("num_processes", None, "Number of processes.")
 flags.DEFINE_integer("process_id", None, "This process's index.")

@@ -2,6 +2,7 @@
 onto the new run's own shardings); an unreadable latest step falls back to the previous kept
 one; `restore_step` picks a kept step."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 
 from hnc_jax.errors import ConfigError
-from hnc_jax.training import checkpoints, job, loop
+from hnc_jax.training import checkpoints, loop
 from tests.helpers import ROOT, digits_config, truncate
 
 LOAD = textwrap.dedent(
@@ -114,7 +115,14 @@ def test_restore_step_picks_a_kept_step(saved_steps, tmp_path):
     shutil.copytree(saved, workdir)
     with pytest.raises(ConfigError, match=r"no checkpoint of step 3 in .*; kept: \[4, 2\]"):
         loop.train_and_evaluate(config, str(workdir), restore_step=3)
-    manager = checkpoints.create_manager(str(workdir), 2)
-    state, step = checkpoints.restore_resumable(manager, job.build(config).state, 2)
-    manager.close()
-    assert step == int(state.step) == 2
+    # Back to step 2 with another HNC weight: refused, then allowed on purpose and recorded.
+    changed = config.copy_and_resolve_references()
+    changed.hnc.weight = 0.2
+    with pytest.raises(ConfigError, match=r"hnc.weight 0.1 -> 0.2; .*=hnc.weight$"):
+        loop.train_and_evaluate(changed, str(workdir), restore_step=2)
+    result = loop.train_and_evaluate(changed, str(workdir), ["hnc.weight"], restore_step=2)
+    assert result["step"] == 4  # Steps 3 and 4 trained again from step 2.
+    assert (workdir / "checkpoints" / "4.superseded").is_dir()  # The old step 4, kept.
+    record = json.loads((workdir / "config.json").read_text())
+    assert record["history"][0]["changed"] == {"hnc.weight": [0.1, 0.2]}
+    assert record["config"]["hnc"]["weight"] == 0.2

@@ -79,17 +79,33 @@ def _first_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error) else ''}"
 
 
+def _set_aside(manager: ocp.CheckpointManager, steps: list[int], why: str) -> None:
+    """Renames each step's directory to `<step>.<why>` (kept, no longer a step)."""
+    if jax.process_index() == 0:
+        for step in steps:
+            (manager.directory / str(step)).rename(manager.directory / f"{step}.{why}")
+    multihost_utils.sync_global_devices(f"checkpoints set aside: {why}")
+    manager.reload()
+
+
 def restore_resumable(manager: ocp.CheckpointManager, target, step: int | None = None):
-    """(state, step) to resume from: `step` if given, else the latest readable kept step;
-    None when there is no checkpoint. A step that cannot be read (a truncated or missing
-    file) is said in a warning and set aside as `<step>.unreadable` (so that training can
-    save that step again), and the previous kept step is tried: never silently step 0."""
+    """(state, step) to resume from: `step` if given (the kept steps after it are set aside
+    as `<step>.superseded`, so that training can save those steps again), else the latest
+    readable kept step; None when there is no checkpoint. A step that cannot be read (a
+    truncated or missing file) is said in a warning and set aside as `<step>.unreadable`
+    (so that training can save that step again), and the previous kept step is tried: never
+    silently step 0."""
     directory = manager.directory
     steps = sorted(manager.all_steps(), reverse=True)
     if step is not None:
         if step not in steps:
             raise ConfigError(f"no checkpoint of step {step} in {directory}; kept: {steps}")
-        return restore(manager, step, target), step
+        restored = restore(manager, step, target)
+        if later := [s for s in steps if s > step]:
+            logging.warning("resuming from step %d: steps %s set aside as <step>.superseded",
+                            step, later)  # fmt: skip
+            _set_aside(manager, later, "superseded")
+        return restored, step
     unreadable = []
     for candidate in steps:
         try:
@@ -101,10 +117,7 @@ def restore_resumable(manager: ocp.CheckpointManager, target, step: int | None =
                 "trying the previous kept step",
                 candidate, directory, _first_line(e), candidate,
             )  # fmt: skip
-            if jax.process_index() == 0:
-                (directory / str(candidate)).rename(directory / f"{candidate}.unreadable")
-            multihost_utils.sync_global_devices("checkpoint set aside")
-            manager.reload()
+            _set_aside(manager, [candidate], "unreadable")
     if unreadable:
         raise ConfigError(f"no readable checkpoint in {directory}: {'; '.join(unreadable)}")
     return None
