@@ -17,10 +17,11 @@ import pytest
 # Before TFDS is imported (it reads the variable once); directories the user chose are
 # theirs to keep.
 _OWN = {
-    name: os.environ.setdefault(name, tempfile.mkdtemp(prefix=f"hnc_jax_{name.lower()}_"))
+    name: tempfile.mkdtemp(prefix=f"hnc_jax_{name.lower()}_")
     for name in ("TFDS_DATA_DIR", "HNC_JAX_CACHE_DIR")
     if name not in os.environ
 }
+os.environ.update(_OWN)
 
 # The suite checks what is computed, not how fast: XLA's CPU backend compiles without its
 # LLVM optimisations (a third less compile time; tiny models run about as fast). Tests and
@@ -109,8 +110,6 @@ def gcs_bucket(gcs_emulator) -> str:
 def gcs_digits_dir(gcs_emulator, tmp_path_factory) -> str:
     """'gs://tfds/data': a TFDS data_dir with cluttered_digits prepared there (about 15 s), as
     main.py prepares it, from an empty working directory that must stay empty."""
-    import tensorflow_datasets as tfds
-
     data_dir = f"{gcs_emulator.create_bucket('tfds')}/data"
     cwd, previous = tmp_path_factory.mktemp("gcs_digits_cwd"), os.getcwd()
     os.chdir(cwd)

@@ -15,12 +15,8 @@ from hnc_jax.training import inference
 from tests.helpers import ROOT, TINY, run_main, tiny_config, write_image_folder
 
 
-@pytest.fixture
-def workdir(trained_run):
-    return trained_run[0]
-
-
-def test_cam_mode_draws_eval_images_and_files(workdir, tmp_path):
+def test_cam_mode_draws_eval_images_and_files(trained_run, tmp_path):
+    workdir = trained_run[0]
     config = tiny_config(batch_size=32, eval_batch_size=64, eval_split="test[:64]")
     path = inference.render_cams(config, str(workdir), None, 3, str(tmp_path / "eval.png"))
     assert Image.open(path).size == (5 * 160, 3 * 160)
@@ -82,7 +78,8 @@ PADDING_SCRIPT = textwrap.dedent(
 
 
 @pytest.mark.slow
-def test_any_image_count_predicts_on_three_devices(workdir, tmp_path):
+def test_any_image_count_predicts_on_three_devices(trained_run, tmp_path):
+    workdir = trained_run[0]
     env = dict(os.environ, JAX_NUM_CPU_DEVICES="3", PYTHONPATH=str(ROOT))
     result = subprocess.run([sys.executable, "-c", PADDING_SCRIPT], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=300)  # fmt: skip

@@ -49,11 +49,11 @@ def check(config: ml_collections.ConfigDict) -> int:
 
 
 def build(config: ml_collections.ConfigDict, dataset: Dataset | None = None) -> Job:
-    """`check`s `config`, prepares its dataset (unless given, already loaded), and builds the
-    mesh over every device, the model, the optimizer and a fresh state replicated over the
-    mesh."""
-    check(config)
+    """`check`s `config` and prepares its dataset (unless `dataset` is given: the caller has
+    done both), then builds the mesh over every device, the model, the optimizer and a fresh
+    state replicated over the mesh."""
     if dataset is None:
+        check(config)
         dataset = pipeline.load(config)
     cache = config.compilation_cache_dir
     train_step.enable_compilation_cache(train_step.DEFAULT_CACHE_DIR if cache == "" else cache)
