@@ -6,12 +6,14 @@ cluttered-digits default (configs/default.py).
         --config.data_dir=gs://bucket/tfds --config.hnc.weight=0.07
     python main.py --workdir=w --mode=eval --checkpoint=best
     python main.py --workdir=w --mode=export --out=model.safetensors  # torchvision layout
+    python main.py --workdir=w --mode=attack --epsilons=0,1,2,4,8  # FGSM and PGD top-1
 
 Multi-process (one process per host): --coordinator_address, --num_processes and
 --process_id go to `jax.distributed.initialize`; without them, a Cloud TPU pod or SLURM
 allocation is detected automatically, anything else runs as a single process.
 """
 
+import json
 import logging as std_logging
 import os
 import sys
@@ -30,7 +32,10 @@ config_flags.DEFINE_config_file(
     "Config file (get_config()).",
 )
 flags.DEFINE_enum(
-    "mode", "train", ["train", "eval", "cam", "export"], "train (resumes), eval, cam or export."
+    "mode",
+    "train",
+    ["train", "eval", "cam", "export", "attack"],
+    "train (resumes), eval, cam, export or attack (FGSM/PGD top-1 on the eval split).",
 )
 flags.DEFINE_list("images", None, "--mode=cam: image files (default: the first eval images).")
 flags.DEFINE_integer("num_images", 8, "--mode=cam: how many eval images without --images.")
@@ -38,8 +43,14 @@ flags.DEFINE_string(
     "out",
     None,
     "--mode=cam: output PNG (default: <workdir>/cams.png); --mode=export: "
-    "the .safetensors or .pth file (torchvision's state_dict layout).",
+    "the .safetensors or .pth file (torchvision's state_dict layout); --mode=attack: "
+    "a JSON file of the results (default: <workdir>/attack_<checkpoint>.json).",
 )
+flags.DEFINE_list("attacks", ["fgsm", "pgd"], "--mode=attack: fgsm, pgd.")
+flags.DEFINE_list("epsilons", ["0", "0.5", "1", "2", "4", "8"], "--mode=attack: of 255.")
+flags.DEFINE_integer("pgd_steps", 10, "--mode=attack: PGD iterations.")
+flags.DEFINE_float("pgd_step_size", None, "--mode=attack: of 255 (default 2.5 * eps / steps).")
+flags.DEFINE_bool("pgd_random_start", True, "--mode=attack: PGD starts anywhere in the ball.")
 flags.DEFINE_enum(
     "checkpoint", "latest", ["latest", "best"], "Checkpoint to evaluate, draw or export."
 )
@@ -98,6 +109,13 @@ def selected_config(workdirs):
     return config
 
 
+def parse_floats(name: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in FLAGS[name].value)
+    except ValueError:
+        raise errors.ConfigError(f"--{name} takes numbers, got {FLAGS[name].value}") from None
+
+
 def summary(result: dict) -> str:
     """`key=value ...`: integers as integers, other metrics to 4 decimals."""
     return " ".join(f"{k}={v}" if isinstance(v, int) else f"{k}={v:.4f}" for k, v in result.items())
@@ -110,6 +128,7 @@ def main(argv: list[str]) -> None:
         lambda record: "/orbax/" not in record.pathname or record.levelno >= std_logging.WARNING
     )
     from hnc_jax.training import (  # After flags: TensorFlow.
+        attacks,
         checkpoints,
         inference,
         loop,
@@ -143,6 +162,18 @@ def main(argv: list[str]) -> None:
                 raise errors.ConfigError("--mode=export needs --out=<file>.safetensors (or .pth)")
             path = checkpoints.export_checkpoint(FLAGS.workdir, FLAGS.out, FLAGS.checkpoint)
             print(f"wrote {path}")
+            return
+        elif FLAGS.mode == "attack":
+            attack = attacks.Attack(
+                tuple(FLAGS.attacks), parse_floats("epsilons"), FLAGS.pgd_steps,
+                FLAGS.pgd_step_size, FLAGS.pgd_random_start,
+            )  # fmt: skip
+            result = attacks.attack_checkpoint(config, FLAGS.workdir, attack, FLAGS.checkpoint)
+            if jax.process_index() == 0:
+                name = f"attack_{FLAGS.checkpoint}.json"
+                out = epath.Path(FLAGS.out or epath.Path(FLAGS.workdir) / name)
+                out.write_text(json.dumps(result) + "\n")
+                print(attacks.report(result, attack.kinds))
             return
         else:
             result = loop.evaluate_checkpoint(config, FLAGS.workdir, FLAGS.checkpoint)

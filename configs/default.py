@@ -54,6 +54,11 @@ def get_config() -> ml_collections.ConfigDict:
         dict(loss="mse", weight=0.1, k=3, alpha=0.0, temperature=1.0, weight_warmup_epochs=0.0)
     )
     config.label_smoothing = 0.0
+    # Noisy training labels (hnc_jax/data/label_noise.py): kind 'none' | 'symmetric' |
+    # 'asymmetric' (flips 'from:to,...'); eval_splits: eval splits with the same noise.
+    config.label_noise = ml_collections.ConfigDict(
+        {"kind": "none", "rate": 0.0, "flips": "", "seed": 0, "eval_splits": ""}
+    )
     # Optimizer and schedule.
     config.optimizer = ml_collections.ConfigDict(
         dict(

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import ndimage
 
-from hnc_jax import losses
+from hnc_jax import losses, wsol
 
 Array = Any
 # IoU >= 0.5, with slack for boxes stored as fractions of the side (1/3 + 1/6 != 0.5).
@@ -228,12 +228,13 @@ def evaluate_cams(
     thresholds: Sequence[float] = THRESHOLDS,
 ) -> dict[str, float]:
     """Means of `METRICS` over eval batches with 'image', 'label', 'box' and 'mask', plus
-    `max_box_acc` (the best GT-known localization over `thresholds`) and `best_threshold`.
+    `max_box_acc` (the best GT-known localization over `thresholds`), `best_threshold`, and
+    the standard WSOL metric `max_box_acc_v2` with its `max_box_acc_v2_iou{30,50,70}` (`wsol`).
 
     `apply_fn(images) -> (logits, cams)`, e.g. a jitted `model.apply` with fixed variables;
     CAMs are upsampled to the image side for localization.
     """
-    parts: dict[str, list[np.ndarray]] = {name: [] for name in (*METRICS, "curve")}
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in (*METRICS, "curve", "v2")}
     for batch in batches:
         logits, cams = apply_fn(batch["image"])
         keep = np.asarray(batch["mask"], bool)
@@ -242,6 +243,7 @@ def evaluate_cams(
             **localization_hits(cams, logits, labels, boxes, threshold, size),
             **negative_cam_hits(cams, labels, k, boxes),
             "curve": gt_known_curve(cams, labels, boxes, thresholds, size),
+            "v2": wsol.box_hits(cams, labels, boxes, size),
         }
         for name, values in parts.items():
             values.append(hits[name][keep])
@@ -249,4 +251,4 @@ def evaluate_cams(
     curve = np.mean(np.concatenate(parts["curve"]), axis=0)
     out["max_box_acc"] = float(curve.max())
     out["best_threshold"] = float(thresholds[int(np.argmax(curve))])
-    return out
+    return {**out, **wsol.max_box_acc_v2(np.concatenate(parts["v2"]))}

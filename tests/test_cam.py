@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from hnc_jax import cam, figures, losses
+from hnc_jax import cam, figures, losses, wsol
 
 
 def _blocks(batch_specs, size=6, classes=4):
@@ -181,8 +181,11 @@ def test_evaluate_cams_ignores_padding():
         "mask": np.array([True, False]),
     }
     result = cam.evaluate_cams(lambda _: (cams.mean(axis=(1, 2)), cams), [batch, batch], k=1)
-    assert set(result) == {*cam.METRICS, "max_box_acc", "best_threshold"}
+    v2 = ["max_box_acc_v2", *(f"max_box_acc_v2_iou{d}" for d in wsol.IOU_THRESHOLDS)]
+    assert set(result) == {*cam.METRICS, "max_box_acc", "best_threshold", *v2}
     assert result["max_box_acc"] == 1.0 and result["best_threshold"] == cam.THRESHOLDS[0]
+    # The masked image's map would miss its box: only the real one is counted.
+    assert [result[k] for k in v2] == [1.0] * 4
     assert result["gt_known_loc"] == 1.0 and result["top1_loc"] == 1.0
     assert result["num_posi"] == 0.0 and result["neg_peak"] == 0.0
 

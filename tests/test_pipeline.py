@@ -2,6 +2,7 @@
 resume, and error messages."""
 
 import hashlib
+import io
 import itertools
 import time
 
@@ -15,7 +16,7 @@ from PIL import Image
 from tensorflow_datasets.core.utils import shard_utils
 
 from hnc_jax.bench import resume
-from hnc_jax.data import image_stats, records, transforms
+from hnc_jax.data import image_stats, label_noise, records, transforms
 from hnc_jax.data import pipeline as ip
 from hnc_jax.errors import ConfigError
 from tests.helpers import truncate, write_image_folder
@@ -555,3 +556,39 @@ def test_bad_image_is_named_when_a_batch_reads_it(tmp_path, monkeypatch):
     checked.clear()
     _one_line_error(list, ip.eval_iterator(dataset, config))
     assert checked == [f"{tmp_path}/val/b/0.jpg", bad_eval]  # The last batch, in order.
+
+
+@pytest.mark.parametrize("kind", ["symmetric", "asymmetric"])
+def test_label_noise_follows_each_example_in_every_read_path(numbered_dir, kind):
+    """Every example gets `noisy_labels`' label for its own bytes: read in blocks over 8
+    files, resumed inside a file, and in order for eval. NumberedImages example i holds i in
+    its pixels, label i % 10."""
+    config = numbered_config(numbered_dir)
+    config.label_noise = ml_collections.ConfigDict(
+        dict(kind=kind, rate=0.4, flips="2:7,3:8,5:6,7:1", seed=3, eval_splits="train")
+    )
+    dataset = ip.load(config)
+    stored = dataset.builder.as_dataset(
+        split="train", decoders={"image": tfds.decode.SkipDecoding()}
+    )
+    encoded = {}
+    for example in tfds.as_numpy(stored):
+        pixels = np.asarray(Image.open(io.BytesIO(example["image"])))
+        encoded[int(resume.identity(pixels[None])[0])] = example["image"]
+
+    def expected(ids):
+        images = [encoded[i] for i in ids]
+        return label_noise.noisy_labels(ids % 10, images, config.label_noise, 10)
+
+    epoch = _take(ip.train_iterator(dataset, config), 125)
+    ids, labels = _ids(epoch), np.concatenate([b["label"] for b in epoch])
+    np.testing.assert_array_equal(labels, expected(ids))
+    changed = np.mean(labels != ids % 10)
+    assert 0.3 < changed < 0.5 if kind == "symmetric" else 0.1 < changed < 0.2
+    resumed = _take(ip.train_iterator(dataset, config, 62), 1)[0]  # Inside a file.
+    np.testing.assert_array_equal(resumed["label"], expected(resume.identity(resumed["image"])))
+    evaluated = next(ip.eval_iterator(dataset, config))
+    np.testing.assert_array_equal(evaluated["label"], expected(resume.identity(evaluated["image"])))
+    config.label_noise.eval_splits = ""  # Eval labels stay clean unless named.
+    evaluated = next(ip.eval_iterator(dataset, config))
+    np.testing.assert_array_equal(evaluated["label"], resume.identity(evaluated["image"]) % 10)

@@ -47,6 +47,19 @@ def test_a_changed_config_is_refused_unless_resumable_or_allowed(tmp_path):
     assert workdirs.stored_config(tmp_path).optimizer.learning_rate == 0.05
 
 
+def test_a_field_added_since_the_record_counts_only_when_turned_on(tmp_path):
+    """A workdir written before `label_noise` existed resumes with the field off; turning
+    it on is a change like any other."""
+    workdirs.record_config(tmp_path, tiny_config(), ["a", "b"], {})
+    record = json.loads((tmp_path / "config.json").read_text())
+    del record["config"]["label_noise"]
+    (tmp_path / "config.json").write_text(json.dumps(record))
+    assert workdirs.check_config(tmp_path, tiny_config()) == {}
+    with pytest.raises(ConfigError, match=r"label_noise.kind None -> 'symmetric', label_noise"):
+        workdirs.check_config(tmp_path, tiny_config(**{"label_noise.kind": "symmetric",
+                                                       "label_noise.rate": 0.2}))  # fmt: skip
+
+
 def test_a_torn_config_record_is_a_one_line_error(tmp_path):
     (tmp_path / "config.json").write_text('{"config": {"seed": 0,')
     with pytest.raises(ConfigError, match=r"config.json is not valid JSON .*use a new workdir"):

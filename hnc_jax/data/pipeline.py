@@ -49,6 +49,7 @@ from PIL import Image
 
 from hnc_jax.data import (
     cluttered_digits,  # noqa: F401  (registers the TFDS builder)
+    label_noise,
     records,
     transforms,
 )
@@ -360,13 +361,20 @@ def num_classes(config: ml_collections.ConfigDict) -> int:
     prepares, downloads and decodes nothing, so that configs are checked first."""
     _check_fields(config)  # And the class folders, for image folders: `validate` checks all.
     if config.dataset == "image_folder":
-        return len(_folder_classes(config))
-    return _label_spec(_builder(config).info.features)[1].num_classes
+        count, multi_label = len(_folder_classes(config)), False
+    else:
+        key, label = _label_spec(_builder(config).info.features)
+        count, multi_label = label.num_classes, key != "label"
+    label_noise.check(config, count, multi_label)
+    return count
 
 
-def _preprocess(config, dataset: Dataset, train: bool):
+def _preprocess(config, dataset: Dataset, split: str, train: bool):
     """Returns fn(record, key) -> {'image' (S, S, 3), 'label', ['box' (4,)]}."""
     size, aug = config.image_size, config.augment
+    noisy = None
+    if label_noise.applies(config, split, train):
+        noisy = label_noise.tf_noise(config.label_noise, dataset.info.num_classes)
 
     def fn(record, key):
         crop_key, flip_key = tf.unstack(tf.random.experimental.stateless_split(key, 2))
@@ -382,7 +390,7 @@ def _preprocess(config, dataset: Dataset, train: bool):
         if train and aug.flip:
             image, box = transforms.flip(image, box, flip_key)
         image = transforms.finish(image, config.image_dtype, config.dataset)
-        label = record["label"]
+        label = record["label"] if noisy is None else noisy(record["label"], record["image"])
         out = {
             "image": image,
             "label": label if dataset.info.multi_label else tf.cast(label, tf.int32),
@@ -422,7 +430,7 @@ def train_iterator(
         raise ConfigError(
             f"batch_size={config.batch_size} exceeds the {n} train examples of each process"
         )
-    preprocess = _preprocess(config, dataset, train=True)
+    preprocess = _preprocess(config, dataset, config.train_split, train=True)
 
     def epoch_batches(epoch: int, offset: int) -> Iterator[dict[str, np.ndarray]]:
         """Batches `offset`, `offset` + 1, ... of `epoch`, the first one already made."""
@@ -481,7 +489,7 @@ def eval_iterator(
     """
     batch = _local_batch(config, "eval_batch_size")
     stream, _ = records.read(dataset, config.eval_split, False, None, 0)
-    preprocess = _preprocess(config, dataset, train=False)
+    preprocess = _preprocess(config, dataset, config.eval_split, train=False)
     key = tf.zeros([2], tf.int64)  # Unused by the deterministic eval transform.
     ds = stream.map(
         lambda r: {**preprocess(r, key), "mask": True}, num_parallel_calls=tf.data.AUTOTUNE

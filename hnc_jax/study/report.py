@@ -20,10 +20,12 @@ from hnc_jax.study import design
 
 BOOTSTRAP = 10_000
 LABELS = {"none": "cross-entropy", "mse": "HNC-mse", "kd": "HNC-kd"}
-PERCENT = {"top1", "mAP", "f1", "max_box_acc", "gt_known_loc", "top1_loc", "peak_on_clutter"}
+PERCENT = {"top1", "mAP", "f1", "max_box_acc", "max_box_acc_v2", "gt_known_loc", "top1_loc",
+           "peak_on_clutter"}  # fmt: skip
 TITLES = {
     "top1": "top-1", "mAP": "mAP", "f1": "F1", "max_box_acc": "MaxBoxAcc",
-    "gt_known_loc": "GT-known loc", "top1_loc": "top-1 loc", "neg_peak": "neg-CAM peak",
+    "max_box_acc_v2": "MaxBoxAccV2", "gt_known_loc": "GT-known loc", "top1_loc": "top-1 loc",
+    "neg_peak": "neg-CAM peak",
     "num_posi": "num_posi", "peak_on_clutter": "neg peak on clutter",
 }  # fmt: skip
 
@@ -41,7 +43,7 @@ def compare(values: Sequence[float], baseline: Sequence[float], seed: int = 0) -
     return {"diff": float(a.mean() - b.mean()), "lo": float(lo), "hi": float(hi), "p": p}
 
 
-def _fmt(values: Sequence[float], key: str) -> str:
+def mean_std(values: Sequence[float], key: str) -> str:
     scale = 100.0 if key in PERCENT else 1.0
     digits = 2 if key == "neg_peak" else 1
     values = np.asarray(values, np.float64) * scale
@@ -49,13 +51,13 @@ def _fmt(values: Sequence[float], key: str) -> str:
     return f"{values.mean():.{digits}f} ± {std:.{digits}f}"
 
 
-def _diff(c: dict, key: str) -> str:
+def diff_text(c: dict, key: str) -> str:
     scale = 100.0 if key in PERCENT else 1.0
     p = "n/a" if np.isnan(c["p"]) else f"{c['p']:.2g}"
     return f"{c['diff'] * scale:+.1f} [{c['lo'] * scale:+.1f}, {c['hi'] * scale:+.1f}], p={p}"
 
 
-def _setting_text(s: design.Setting) -> str:
+def setting_text(s: design.Setting) -> str:
     if s.loss == "none":
         return "-"
     return f"w={s.weight:g}, k={s.k}" + (f", warm-up {s.warmup:g} ep" if s.warmup else "")
@@ -73,8 +75,8 @@ def _columns(groups: dict[design.Setting, list[dict]]) -> tuple[str, list[str]]:
     """The main metric and the columns every record of `groups` has, main first."""
     records = [r for rs in groups.values() for r in rs]
     main = design.primary_metric(records)
-    keys = [main, "f1", "top1", "max_box_acc", "gt_known_loc", "top1_loc", "neg_peak", "num_posi",
-            "peak_on_clutter"]  # fmt: skip
+    keys = [main, "f1", "top1", "max_box_acc", "max_box_acc_v2", "gt_known_loc", "top1_loc",
+            "neg_peak", "num_posi", "peak_on_clutter"]  # fmt: skip
     return main, [k for k in dict.fromkeys(keys) if all(k in r for r in records)]
 
 
@@ -93,32 +95,34 @@ def validation_table(results: dict[str, dict]) -> str:
     order = sorted(groups, key=lambda s: (list(LABELS).index(s.loss), s.weight, -s.k, s.warmup))
     for s in order:
         rs = groups[s]
-        cells = [_fmt([r[k] for r in rs], k) for k in keys]
+        cells = [mean_std([r[k] for r in rs], k) for k in keys]
         low = 100 * min(r[main] for r in rs)
-        lines.append(f"| {LABELS[s.loss]} | {_setting_text(s)} | {len(rs)} | " + " | ".join(cells)
+        lines.append(f"| {LABELS[s.loss]} | {setting_text(s)} | {len(rs)} | " + " | ".join(cells)
                      + f" | {low:.1f} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
 def final_table(results: dict[str, dict]) -> str:
-    """Markdown: one row per tested loss; the main metric and MaxBoxAcc (when there) with
-    their difference to cross-entropy."""
+    """Markdown: one row per tested loss; the main metric, MaxBoxAcc and MaxBoxAccV2 (when
+    there) with their difference to cross-entropy."""
     groups = _groups(results, "test")
     if not groups:
         return "(no test run finished yet)\n"
     main, keys = _columns(groups)
-    judged = [k for k in (main, "max_box_acc") if k in keys]
+    judged = [k for k in (main, "max_box_acc", "max_box_acc_v2") if k in keys]
     ce = next((rs for s, rs in groups.items() if s.loss == "none"), None)
     header = ["loss", "setting", "seeds", *(TITLES[k] for k in keys)]
     header += [f"Δ{TITLES[k]} vs CE [95% CI], Welch p" for k in judged]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for s in sorted(groups, key=lambda s: list(LABELS).index(s.loss)):
         rs = groups[s]
-        cells = [LABELS[s.loss], _setting_text(s), str(len(rs))]
-        cells += [_fmt([r[k] for r in rs], k) for k in keys]
+        cells = [LABELS[s.loss], setting_text(s), str(len(rs))]
+        cells += [mean_std([r[k] for r in rs], k) for k in keys]
         for k in judged:
             same = ce is None or s.loss == "none"
-            cells.append("-" if same else _diff(compare([r[k] for r in rs], [r[k] for r in ce]), k))
+            cells.append(
+                "-" if same else diff_text(compare([r[k] for r in rs], [r[k] for r in ce]), k)
+            )
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -60,6 +60,7 @@ TRAINING_ONLY = (
     "seed",
     "hnc",
     "label_smoothing",
+    "label_noise",
     "augment",
     "shuffle_buffer_size",
     "train_split",
@@ -114,13 +115,16 @@ def stored_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict | Non
 
 def changes(old: dict, new: ml_collections.ConfigDict) -> dict[str, tuple[Any, Any]]:
     """{field: (old, new)} for every dotted field whose value differs (or exists on one
-    side only)."""
+    side only). A field missing from `old` and off in `new` (None, '', 'none', 0, False) is
+    no change: a newer version's field at its default, which leaves a run as it was."""
     before, after = _flat(old), _flat(_jsonable(new))
     missing = object()
+    off = (None, "", "none", 0, False)
     return {
         key: (before.get(key), after.get(key))
         for key in sorted(before.keys() | after.keys())
         if before.get(key, missing) != after.get(key, missing)
+        and not (key not in before and any(after[key] == v for v in off))
     }
 
 

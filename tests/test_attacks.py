@@ -1,0 +1,61 @@
+"""FGSM and PGD on a trained workdir (`hnc_jax.training.attacks`, `main.py --mode=attack`):
+epsilon 0 is the clean top-1 of the same checkpoint, PGD is at least as strong as FGSM, the
+attack lowers top-1, and bad settings are one-line errors."""
+
+import json
+
+import numpy as np
+import pytest
+
+from hnc_jax.errors import ConfigError
+from hnc_jax.training import attacks, loop
+from tests.helpers import error_lines, run_main, tiny_config
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+def trained_config():
+    """The config `trained_run` trained with (tests/conftest.py)."""
+    return tiny_config(batch_size=32, eval_batch_size=64, eval_split="test[:64]")
+
+
+def test_epsilon_zero_is_clean_and_pgd_is_stronger(trained_run):
+    workdir = str(trained_run[0])
+    config = trained_config()
+    attack = attacks.Attack(epsilons=(0.0, 32.0), steps=3)
+    result = attacks.attack_checkpoint(config, workdir, attack)
+    clean = loop.evaluate_checkpoint(config, workdir)["eval/top1"]
+    assert result["examples"] == 64 and result["step"] == 3
+    assert result["fgsm"]["0"] == result["pgd"]["0"] == pytest.approx(clean, abs=1e-9)
+    assert result["pgd"]["32"] <= result["fgsm"]["32"] <= clean
+    assert result["pgd"]["32"] < clean  # 32/255 moves a 3-step model off most answers.
+
+
+@pytest.mark.parametrize(
+    "attack, message",
+    [
+        (attacks.Attack(kinds=("cw",)), r"unknown attacks \['cw'\]; allowed: fgsm, pgd"),
+        (attacks.Attack(epsilons=(-1.0,)), r"epsilons must be in \[0, 255\] pixel units"),
+        (attacks.Attack(steps=0), "PGD needs steps >= 1 and step_size > 0"),
+    ],
+)
+def test_bad_attack_settings_are_one_line_errors(attack, message, tmp_path):
+    with pytest.raises(ConfigError, match=message):
+        attacks.attack_checkpoint(trained_config(), str(tmp_path), attack)
+
+
+@pytest.mark.slow
+def test_main_attack_mode_prints_and_writes_the_table(trained_run, tmp_path):
+    workdir, out = trained_run[0], tmp_path / "attack.json"
+    result = run_main(f"--workdir={workdir}", "--mode=attack", "--epsilons=0,2",
+                      "--pgd_steps=2", f"--out={out}")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    written = json.loads(out.read_text())
+    assert set(written) == {"step", "examples", "fgsm", "pgd"}
+    assert list(written["fgsm"]) == ["0", "2"]
+    lines = result.stdout.strip().splitlines()
+    assert lines[0] == "| epsilon (of 255) | FGSM top-1 % | PGD top-1 % |"
+    assert json.loads(lines[-1]) == written
+    assert np.isclose(written["pgd"]["0"], written["fgsm"]["0"])
+    bad = run_main(f"--workdir={workdir}", "--mode=attack", "--epsilons=1,x")
+    assert error_lines(bad.stderr) == ["error: --epsilons takes numbers, got ['1', 'x']"]
