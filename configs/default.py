@@ -32,6 +32,9 @@ def get_config() -> ml_collections.ConfigDict:
     # with the unreadable ones named (about 1 ms an image, in threads). Off, a bad image stops
     # the run, named, only when a batch reads it.
     config.check_images = False
+    # False: a dataset that is not prepared is an error, never downloaded by the run (on a
+    # pod, every host would download it at once).
+    config.download_data = True
     config.train_split = "train"
     config.eval_split = "test"
     config.image_size = 48
@@ -79,6 +82,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval_every_steps = -1  # -1: every epoch.
     config.checkpoint_every_steps = -1  # -1: every epoch.
     config.keep_checkpoints = 2  # The last n, plus the best by eval top-1.
+    # --mode=eval also scores the CAMs' boxes (MaxBoxAcc, MaxBoxAccV2, ...: hnc_jax/cam.py,
+    # hnc_jax/wsol.py) on datasets with boxes; one process, minutes per thousand images.
+    config.eval_localization = False
     config.image_panel_examples = 4  # Eval examples drawn with their CAMs (0: none).
     config.profile_first_step = 0  # > 0: profile a few steps from this one.
     config.compilation_cache_dir = ""  # "": ~/.cache/hnc_jax/jax_cache; None: off.

@@ -121,6 +121,15 @@ def test_imagenet_config_trains_a_step_on_mock_data(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
+def test_eval_localization_adds_the_cam_metrics(trained_run):
+    config = digits_config(eval_localization=True)
+    result = loop.evaluate_checkpoint(config, str(trained_run[0]))
+    v2 = [f"eval/max_box_acc_v2_iou{d}" for d in (30, 50, 70)]
+    for key in ("eval/max_box_acc", "eval/max_box_acc_v2", *v2, "eval/gt_known_loc"):
+        assert 0.0 <= result[key] <= 1.0, key
+    assert result["eval/max_box_acc_v2"] == pytest.approx(np.mean([result[k] for k in v2]))
+
+
 def test_init_from_another_run_loads_its_weights_only(tmp_path):
     config = digits_config(num_train_steps=2)
     loop.train_and_evaluate(config, str(tmp_path / "a"))

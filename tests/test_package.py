@@ -16,7 +16,7 @@ import hnc_jax
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "hnc_jax"
-LIBRARY = ("losses", "models", "cam", "multilabel", "figures")
+LIBRARY = ("losses", "models", "cam", "wsol", "multilabel", "figures")
 
 
 def _module_name(path: Path) -> str:

@@ -15,6 +15,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 from tensorflow_datasets.core.utils import shard_utils
 
+from configs import finetune_cub_resnet50_hnc_mse
 from hnc_jax.bench import resume
 from hnc_jax.data import image_stats, label_noise, records, transforms
 from hnc_jax.data import pipeline as ip
@@ -592,3 +593,36 @@ def test_label_noise_follows_each_example_in_every_read_path(numbered_dir, kind)
     config.label_noise.eval_splits = ""  # Eval labels stay clean unless named.
     evaluated = next(ip.eval_iterator(dataset, config))
     np.testing.assert_array_equal(evaluated["label"], resume.identity(evaluated["image"]) % 10)
+
+
+def test_cub_config_stops_at_its_missing_data_and_has_boxes_when_prepared(tmp_path, monkeypatch):
+    """The shipped CUB config never downloads: a one-line error naming the command; with the
+    data there (mocked), its eval batches carry the boxes its localization metrics read."""
+    config = finetune_cub_resnet50_hnc_mse.get_config()
+    config.update(data_dir=str(tmp_path), eval_batch_size=4, batch_size=4)
+    with pytest.raises(ConfigError) as missing:
+        ip.load(config)
+    assert str(missing.value) == (
+        f"dataset caltech_birds2011 is not prepared in {tmp_path}/caltech_birds2011/"
+        f"{tfds.builder('caltech_birds2011').version} and config.download_data is False: "
+        f"prepare it first with `tfds build caltech_birds2011 --data_dir={tmp_path}`"
+    )
+    jpeg = tf.io.encode_jpeg(tf.zeros([300, 400, 3], tf.uint8)).numpy()
+    box = np.array([0.2, 0.1, 0.9, 0.6], np.float32)  # A bird in the left half.
+
+    def fake_cub(self, split, **kwargs):  # mock_data draws boxes with min > max.
+        return tf.data.Dataset.from_tensors(
+            {"image": jpeg, "label": np.int64(7), "bbox": box}
+        ).repeat(4)
+
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "is_prepared", lambda self: True)
+    with tfds.testing.mock_data(num_examples=4, as_dataset_fn=fake_cub):
+        dataset = ip.load(config)
+        batch = next(ip.eval_iterator(dataset, config))
+    assert dataset.info.has_boxes and dataset.info.num_classes == 200
+    assert batch["image"].shape == (4, 224, 224, 3) and batch["label"].tolist() == [7] * 4
+    # The central crop of 224/256 of the shorter side (300): rows 19-281, columns 69-331.
+    top, left, side = (300 - 262.5) / 2, (400 - 262.5) / 2, 262.5
+    crop = [(0.2 * 300 - top) / side, (0.1 * 400 - left) / side, (0.9 * 300 - top) / side,
+            (0.6 * 400 - left) / side]  # fmt: skip
+    np.testing.assert_allclose(batch["box"][0], np.clip(crop, 0, 1), atol=0.01)

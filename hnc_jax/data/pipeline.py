@@ -125,11 +125,26 @@ def _builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
     return tfds.builder(config.dataset, data_dir=config.get("data_dir"))
 
 
-def _prepare(builder: tfds.core.DatasetBuilder) -> None:
-    if not builder.is_prepared():
-        if builder.MANUAL_DOWNLOAD_INSTRUCTIONS:
-            raise ConfigError(_missing_message(builder))
+def _prepare(builder: tfds.core.DatasetBuilder, download: bool) -> None:
+    """Prepares a missing dataset (`download`: TFDS may download it), else a ConfigError."""
+    if builder.is_prepared():
+        return
+    if builder.MANUAL_DOWNLOAD_INSTRUCTIONS:
+        raise ConfigError(_missing_message(builder))
+    build = f"`tfds build {builder.name} --data_dir={builder.data_dir_root}`"
+    if not download and builder.name != "cluttered_digits":  # Embedded: nothing to download.
+        raise ConfigError(
+            f"dataset {builder.name} is not prepared in {builder.data_dir} and "
+            f"config.download_data is False: prepare it first with {build}"
+        )
+    try:
         builder.download_and_prepare()  # Seconds for cluttered_digits; downloads otherwise.
+    except OSError as error:  # requests' ConnectionError is one: no network, no such host.
+        raise ConfigError(
+            f"dataset {builder.name} is not prepared in {builder.data_dir} and could not be "
+            f"downloaded ({str(error).splitlines()[0][:200]}): run {build} where the network "
+            "reaches it, then copy that directory here"
+        ) from error
 
 
 def _label_spec(features: tfds.features.FeaturesDict) -> tuple[str, tfds.features.ClassLabel]:
@@ -325,7 +340,7 @@ def load(config: ml_collections.ConfigDict) -> Dataset:
             _check_images(config, dataset)
         return dataset
     builder = _builder(config)
-    _prepare(builder)
+    _prepare(builder, config.get("download_data", True))
     features = builder.info.features
     label_key, label = _label_spec(features)
     shape = features["image"].shape

@@ -23,7 +23,9 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 from jax.experimental import multihost_utils
 
+from hnc_jax import cam
 from hnc_jax.data import pipeline
+from hnc_jax.errors import ConfigError
 from hnc_jax.training import checkpoints, evaluation, inference, job, train_step, workdirs
 
 TRAIN_KEYS = ("image", "label")
@@ -219,15 +221,33 @@ def _train(config, workdir, run, manager, writer, stop, restore_step) -> dict[st
     return {"step": done, **eval_metrics}
 
 
+def _localization(restored: inference.Restored, config: ml_collections.ConfigDict) -> dict:
+    """`cam.evaluate_cams` over the eval split, as eval/<metric> (config.eval_localization)."""
+    info = restored.job.info
+    if not info.has_boxes or info.multi_label:
+        raise ConfigError(
+            f"config.eval_localization needs single-label data with boxes (a 'bbox' feature); "
+            f"{config.dataset} has {'multi-hot labels' if info.multi_label else 'no boxes'}"
+        )
+    if jax.process_count() > 1:
+        raise ConfigError("config.eval_localization runs on one process; evaluate on one host")
+    batches = pipeline.eval_iterator(restored.job.dataset, config)
+    scores = cam.evaluate_cams(restored.predict, batches, k=config.hnc.k)
+    return {f"eval/{key}": value for key, value in scores.items()}
+
+
 def evaluate_checkpoint(
     config: ml_collections.ConfigDict, workdir: str, which: str = "latest"
 ) -> dict[str, float]:
     """Evaluates the 'latest' or 'best' checkpoint of `workdir`; writes the metrics (as
-    eval_<which>/...) at that step and returns them with 'step'."""
+    eval_<which>/...) at that step and returns them with 'step'. With
+    `config.eval_localization`, also the CAMs' localization (`_localization`)."""
     restored = inference.restore(config, workdir, which)
     run = restored.job
     eval_step = evaluation.make_eval_step(run.model, run.mesh, run.info.multi_label)
     result = evaluation.evaluate(eval_step, restored.state, run.dataset, config, run.mesh)
+    if config.get("eval_localization", False):
+        result |= _localization(restored, config)
     writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
     prefixed = {k.replace("eval/", f"eval_{which}/"): v for k, v in result.items()}
     writer.write_scalars(restored.step, prefixed)

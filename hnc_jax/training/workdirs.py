@@ -49,10 +49,11 @@ RESUMABLE = (
     "profile_first_step",
     "compilation_cache_dir",
     "data_dir",
+    "download_data",
     "check_images",
 )
 # Fields an evaluation may change (`--mode=eval|cam` of a stored run on other data).
-EVAL_ONLY = ("eval_split", "eval_batch_size")
+EVAL_ONLY = ("eval_split", "eval_batch_size", "eval_localization")
 # Fields only training reads: an evaluation may change them (e.g. a batch size that divides
 # this machine's device count); the model, its classes and input size may not change.
 TRAINING_ONLY = (
