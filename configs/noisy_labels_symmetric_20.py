@@ -9,7 +9,7 @@ Command (from the repository root; needs no download):
 The noise is a pure function of (label_noise.seed, the image), the same for every training seed
 (hnc_jax/data/label_noise.py). The validation split, which only the study's selection reads,
 has the same noise; the test split is clean. HNC-mse at the default's weight 0.1 ramped up over
-2 epochs (the clean data's selected setting); the study (docs/study.md, noisy labels:
+2 epochs (the clean data's selected setting); the study (docs/claims.md, noisy labels:
 `python -m hnc_jax.study.noisy_labels`) selects each loss's weight under this noise.
 Hardware: 2 CPU cores (Devices: 1); about the default's time (150 s with the cores free).
 """

@@ -1,26 +1,17 @@
-"""The default run with noisy training labels: each training label replaced,
-with probability 0.4, by a uniformly drawn other class.
+"""`noisy_labels_symmetric_20.py` at twice the noise: each training label replaced, with
+probability 0.4, by a uniformly drawn other class (validation equally noisy, test clean).
 
-Command (from the repository root; needs no download):
+    python main.py --workdir=workdir/noisy_40 --config=configs/noisy_labels_symmetric_40.py
 
-    python main.py --workdir=workdir/noisy_40 \
-        --config=configs/noisy_labels_symmetric_40.py
-
-The noise is a pure function of (label_noise.seed, the image), the same for every training seed
-(hnc_jax/data/label_noise.py). The validation split, which only the study's selection reads,
-has the same noise; the test split is clean. HNC-mse at the default's weight 0.1 ramped up over
-2 epochs (the clean data's selected setting); the study (docs/study.md, noisy labels:
-`python -m hnc_jax.study.noisy_labels`) selects each loss's weight under this noise.
-Hardware: 2 CPU cores (Devices: 1); about the default's time (150 s with the cores free).
+Hardware: 2 CPU cores (Devices: 1); about the default's time.
 """
 
 import ml_collections
 
-from configs import default
+from configs import noisy_labels_symmetric_20
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = default.get_config()
-    config.hnc.weight_warmup_epochs = 2.0
-    config.label_noise.update(kind="symmetric", rate=0.4, flips="", eval_splits="validation")
+    config = noisy_labels_symmetric_20.get_config()
+    config.label_noise.rate = 0.4
     return config

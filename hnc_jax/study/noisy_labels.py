@@ -26,7 +26,6 @@ import numpy as np
 from etils import epath
 from matplotlib.figure import Figure
 
-from hnc_jax import figures
 from hnc_jax.study import design, report, robustness, sweep
 
 SETTINGS = {  # name -> configs/ module
@@ -35,7 +34,6 @@ SETTINGS = {  # name -> configs/ module
     "asymmetric_30": "noisy_labels_asymmetric_30",
 }
 MSE_WEIGHTS, KD_WEIGHTS = "0.03,0.1", "0.003,0.01"
-TINY = ("batch_size", "eval_batch_size", "num_train_steps")
 
 
 def sweep_args(name: str, workdir: str, seeds: int, tiny: dict) -> list[str]:
@@ -107,15 +105,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, list[dict]]:
     parser.add_argument("--workdir", required=True, help="one sweep workdir per setting")
     parser.add_argument("--settings", default=",".join(SETTINGS), help=", ".join(SETTINGS))
     parser.add_argument("--seeds", type=int, default=5, help="test seeds per loss")
-    for field in TINY:
-        parser.add_argument(f"--{field}", type=int, default=None, help="tiny runs only")
+    sweep.add_tiny_flags(parser)
     parser.add_argument("--report_only", action="store_true")
     parser.add_argument("--figure", default=None, help="default: <workdir>/noisy_labels.png")
     args = parser.parse_args(argv)
     names = [n for n in args.settings.split(",") if n]
     if unknown := [n for n in names if n not in SETTINGS]:
         parser.error(f"unknown --settings {unknown}; allowed: {', '.join(SETTINGS)}")
-    tiny = {f: getattr(args, f) for f in TINY if getattr(args, f) is not None}
+    tiny = sweep.tiny_overrides(args)
     for name in names:
         if not args.report_only:
             sweep.main(sweep_args(name, args.workdir, args.seeds, tiny))
@@ -123,8 +120,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, list[dict]]:
             sweep.main([*sweep_args(name, args.workdir, args.seeds, tiny), "--report_only"])
     groups = test_records(args.workdir)
     text = summary(groups)
-    (epath.Path(args.workdir) / "report.md").write_text(text)
-    figures.save_png(figure(groups), args.figure or epath.Path(args.workdir) / "noisy_labels.png")
+    report.publish(args.workdir, text, figure(groups), args.figure, "noisy_labels.png")
     print(text)
     return groups
 

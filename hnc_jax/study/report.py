@@ -188,6 +188,11 @@ def write_report(
     hours = sum(r.get("seconds", 0.0) for r in results.values()) / 3600
     parts.append(f"\n{len(results)} finished runs, {hours:.2f} h of wall clock in total.\n")
     text = "".join(parts)
-    (epath.Path(workdir) / "report.md").write_text(text)
-    figures.save_png(sweep_figure(results, plan), figure or epath.Path(workdir) / "hnc_sweep.png")
+    publish(workdir, text, sweep_figure(results, plan), figure, "hnc_sweep.png")
     return text
+
+
+def publish(workdir: str, text: str, fig: Figure, figure: str | None, name: str) -> None:
+    """Writes `<workdir>/report.md` and the figure to `figure` (None: `<workdir>/<name>`)."""
+    (epath.Path(workdir) / "report.md").write_text(text)
+    figures.save_png(fig, figure or epath.Path(workdir) / name)

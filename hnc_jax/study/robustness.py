@@ -26,7 +26,6 @@ import numpy as np
 from etils import epath
 from matplotlib.figure import Figure
 
-from hnc_jax import figures
 from hnc_jax.study import design, report, sweep
 
 DATA = {"default": "default", "hard": "cluttered_digits_hard"}  # name -> configs/ module
@@ -148,8 +147,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--epsilons", default=",".join(f"{e:g}" for e in EPSILONS))
     parser.add_argument("--pgd_steps", type=int, default=10)
-    for field in ("batch_size", "eval_batch_size", "num_train_steps"):
-        parser.add_argument(f"--{field}", type=int, default=None, help="tiny runs only")
+    sweep.add_tiny_flags(parser)
     parser.add_argument("--report_only", action="store_true")
     parser.add_argument("--figure", default=None, help="default: <workdir>/robustness.png")
     args = parser.parse_args(argv)
@@ -167,15 +165,12 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
             if f"{name}/{run.name}" in done:
                 continue
             print(f"[{len(done)} done] {name}/{run.name}", flush=True)
-            fields = ("batch_size", "eval_batch_size", "num_train_steps")
-            overrides = {f: getattr(args, f) for f in fields if getattr(args, f) is not None}
-            record = execute(name, run, args.workdir, attack, overrides)
+            record = execute(name, run, args.workdir, attack, sweep.tiny_overrides(args))
             design.append_record(args.workdir, record)
             print(json.dumps(record), flush=True)
     records = list(design.load_results(args.workdir).values())
     text = tables(records)
-    (epath.Path(args.workdir) / "report.md").write_text(text)
-    figures.save_png(figure(records), args.figure or epath.Path(args.workdir) / "robustness.png")
+    report.publish(args.workdir, text, figure(records), args.figure, "robustness.png")
     print(text)
     return records
 

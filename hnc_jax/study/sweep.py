@@ -119,6 +119,19 @@ def run_study(base: ml_collections.ConfigDict, workdir: str, plan: Plan) -> dict
     return results
 
 
+TINY = ("batch_size", "eval_batch_size", "num_train_steps")  # Config fields for tiny runs.
+
+
+def add_tiny_flags(parser: argparse.ArgumentParser) -> None:
+    for field in TINY:
+        parser.add_argument(f"--{field}", type=int, default=None, help="tiny runs only")
+
+
+def tiny_overrides(args: argparse.Namespace) -> dict[str, int]:
+    """The config fields the tiny-run flags set."""
+    return {field: getattr(args, field) for field in TINY if getattr(args, field) is not None}
+
+
 def _floats(text: str) -> tuple[float, ...]:
     return tuple(float(v) for v in text.split(",") if v)
 
@@ -139,9 +152,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--test_seeds", type=int, default=defaults.test_seeds)
     for split in ("fit_split", "val_split", "train_split", "test_split"):
         parser.add_argument(f"--{split}", default=getattr(defaults, split))
-    parser.add_argument("--batch_size", type=int, default=None, help="tiny runs only")
-    parser.add_argument("--eval_batch_size", type=int, default=None, help="tiny runs only")
-    parser.add_argument("--num_train_steps", type=int, default=None, help="tiny runs only")
+    add_tiny_flags(parser)
     parser.add_argument("--report_only", action="store_true", help="tables and figure only")
     parser.add_argument("--figure", default=None, help="default: <workdir>/hnc_sweep.png")
     return parser.parse_args(argv)
@@ -169,9 +180,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict]:
     args = parse_args(argv)
     base = importlib.import_module(f"configs.{args.config}").get_config()
     plan = plan_of(args, base)
-    for field in ("batch_size", "eval_batch_size", "num_train_steps"):
-        if getattr(args, field) is not None:
-            base[field] = getattr(args, field)
+    base.update(tiny_overrides(args))
     if not args.report_only:
         run_study(base, args.workdir, plan)
     results = load_results(args.workdir)
