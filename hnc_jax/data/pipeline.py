@@ -26,6 +26,10 @@ directories); `config.check_images` decodes every image at `load`; an image that
 decode while training or evaluating stops the run with a ConfigError naming it (the files of
 the failing batch are found from the epoch's order and checked then, off the normal path).
 
+Backends (`config.input_backend`): 'tf_data' (this module, the default) or 'grain'
+(`grain_pipeline`: TFDS datasets prepared as ArrayRecord, or image folders; its train
+iterator's `state(step)` is saved with the checkpoint of that step and resumes it).
+
 Use: `num_classes(config)` (metadata only, for config checks), then `dataset = load(config)`
 once per run, passed to `train_iterator(dataset, config, start_step)` and
 `eval_iterator(dataset, config)`.
@@ -49,6 +53,8 @@ from PIL import Image
 
 from hnc_jax.data import (
     cluttered_digits,  # noqa: F401  (registers the TFDS builder)
+    grain_pipeline,
+    host_transforms,
     records,
     transforms,
 )
@@ -61,6 +67,12 @@ MANUAL_FILES = {"imagenet2012": "ILSVRC2012_img_train.tar and ILSVRC2012_img_val
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 TF_FORMATS = ("JPEG", "MPO", "PNG", "GIF", "BMP", "WEBP")  # PIL formats TF decodes too.
 NAMED_FILES = 5  # Unreadable images named in an error; the rest are counted.
+BACKENDS = ("tf_data", "grain")
+
+
+def backend(config: ml_collections.ConfigDict) -> str:
+    """`config.input_backend` ('tf_data' for configs that predate the field)."""
+    return config.get("input_backend", "tf_data")
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -80,6 +92,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
 def _check_fields(config: ml_collections.ConfigDict) -> None:
     """`validate` less the listing of an image folder's splits."""
     name = config.dataset
+    if backend(config) not in BACKENDS:
+        raise ConfigError(
+            f"unknown input_backend {backend(config)!r}; allowed: " + ", ".join(BACKENDS)
+        )
+    grain_pipeline.check_fields(config)
     if name == "image_folder":
         root = config.get("image_folder")
         if not root or not tf.io.gfile.isdir(root):
@@ -101,10 +118,10 @@ def _check_fields(config: ml_collections.ConfigDict) -> None:
     buffer = config.get("shuffle_buffer_size", SHUFFLE_BUFFER)
     if buffer <= 0:
         raise ConfigError(f"shuffle_buffer_size must be positive, got {buffer}")
-    if config.image_dtype not in transforms.IMAGE_DTYPES:
+    if config.image_dtype not in host_transforms.IMAGE_DTYPES:
         raise ConfigError(
             f"unknown image_dtype {config.image_dtype!r}; allowed: "
-            + ", ".join(transforms.IMAGE_DTYPES)
+            + ", ".join(host_transforms.IMAGE_DTYPES)
         )
 
 
@@ -121,7 +138,22 @@ def _missing_message(builder: tfds.core.DatasetBuilder) -> str:
 
 
 def _builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
-    return tfds.builder(config.dataset, data_dir=config.get("data_dir"))
+    """The dataset's builder; Grain reads the ArrayRecord files (random access)."""
+    if backend(config) == "tf_data":
+        return tfds.builder(config.dataset, data_dir=config.get("data_dir"))
+    try:
+        return tfds.builder(
+            config.dataset, data_dir=config.get("data_dir"), file_format="array_record"
+        )
+    except ValueError as error:  # TFDS: "File format is already set to ...".
+        if "already set" not in str(error):
+            raise
+        raise ConfigError(
+            f"input_backend='grain' reads ArrayRecord files, but {config.dataset} is prepared "
+            f"in another format in data_dir={config.get('data_dir')}: prepare it in another "
+            f"data_dir with `tfds build {config.dataset} --file_format=array_record "
+            "--data_dir=DIR` (see docs/data.md)"
+        ) from None
 
 
 def _prepare(builder: tfds.core.DatasetBuilder) -> None:
@@ -406,14 +438,27 @@ def _local_batch(config: ml_collections.ConfigDict, field: str) -> int:
 
 
 def train_iterator(
-    dataset: Dataset, config: ml_collections.ConfigDict, start_step: int = 0
+    dataset: Dataset,
+    config: ml_collections.ConfigDict,
+    start_step: int = 0,
+    state: dict | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Infinite stream of this process's part of each global train batch, from `start_step`.
 
     Yields {'image': (B_local, S, S, 3) `config.image_dtype` (uint8 pixels, or normalised
     float32/bfloat16), 'label': (B_local,) int32 or
     (B_local, C) float32, ['box': (B_local, 4) float32]}, B_local = batch_size / processes.
+    Grain: a `grain_pipeline.TrainBatches`, resumed from a checkpoint's input `state` if given
+    (the tf.data stream needs none: it is a function of (seed, step)).
     """
+    if backend(config) == "grain":
+        return grain_pipeline.train_iterator(dataset, config, start_step, state)
+    return _tf_train_iterator(dataset, config, start_step)
+
+
+def _tf_train_iterator(
+    dataset: Dataset, config: ml_collections.ConfigDict, start_step: int
+) -> Iterator[dict[str, np.ndarray]]:
     batch = _local_batch(config, "batch_size")
     buffer = config.get("shuffle_buffer_size", SHUFFLE_BUFFER)
     n = records.part_size(dataset, config.train_split, True)
@@ -479,6 +524,16 @@ def eval_iterator(
     Yields train_iterator's keys plus 'mask' (B_local,) bool, False on padding; every process
     yields the same number of batches and every eval example is unmasked exactly once.
     """
+    if backend(config) == "grain":
+        return grain_pipeline.eval_iterator(
+            dataset, config, num_eval_steps(config, dataset.info.num_eval)
+        )
+    return _tf_eval_iterator(dataset, config)
+
+
+def _tf_eval_iterator(
+    dataset: Dataset, config: ml_collections.ConfigDict
+) -> Iterator[dict[str, np.ndarray]]:
     batch = _local_batch(config, "eval_batch_size")
     stream, _ = records.read(dataset, config.eval_split, False, None, 0)
     preprocess = _preprocess(config, dataset, train=False)
