@@ -49,9 +49,10 @@ def crash(batch):
     raise KeyboardInterrupt("killed")
 
 
-@pytest.fixture(params=["tf_data", "grain"])
+@pytest.fixture(params=["tf_data", pytest.param("grain", marks=pytest.mark.slow)])
 def backend_config(request):
-    """digits_config for each input backend (Grain reads the ArrayRecord build)."""
+    """digits_config for each input backend (Grain reads the ArrayRecord build; about 20 s
+    more, in the pinned set only)."""
     if request.param == "tf_data":
         return digits_config()
     data_dir = request.getfixturevalue("digits_array_record")
