@@ -22,24 +22,10 @@ import time
 from pathlib import Path
 
 import jax
-import psutil
 
 from hnc_jax.bench import inputs
 from hnc_jax.data import pipeline
 from hnc_jax.training import job, train_step
-
-
-def cpu_seconds() -> float:
-    """User + system CPU seconds of this process and its live children."""
-    procs = [psutil.Process(), *psutil.Process().children(recursive=True)]
-    total = 0.0
-    for proc in procs:
-        try:
-            times = proc.cpu_times()
-        except psutil.NoSuchProcess:
-            continue
-        total += times.user + times.system
-    return total
 
 
 def make_config(args: argparse.Namespace, folder: str):
@@ -93,14 +79,14 @@ def measure(config, warmup: int, steps: int) -> dict:
     for i in range(warmup + steps):
         if i == warmup:  # Compiled and primed: the timed span starts.
             jax.block_until_ready(state)
-            timed.wait, cpu, start = 0.0, cpu_seconds(), time.perf_counter()
+            timed.wait, cpu, start = 0.0, inputs.cpu_seconds(), time.perf_counter()
         state, metrics = step_fn(state, next(batches))
         if pending is not None:  # The previous step's metrics, while this one runs.
             float(jax.device_get(pending)["loss"])
         pending = metrics
     float(jax.device_get(pending)["loss"])
     wall = time.perf_counter() - start
-    cores = (cpu_seconds() - cpu) / wall
+    cores = (inputs.cpu_seconds() - cpu) / wall
     return {
         "images_per_s": round(steps * config.batch_size / wall, 2),
         "input_wait": round(timed.wait / wall, 3),
