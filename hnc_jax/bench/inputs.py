@@ -6,7 +6,8 @@ the ImageNet train transform (random-resized crop, flip) at `--size`: tf.data (i
 autotuned threads) and Grain at 1 and 2 worker processes (`--workers`), reporting images/s
 (wall), images/s per core (CPU seconds of the process and its children, the workers), the
 peak memory of that process tree (summed RSS, sampled every 20 ms) and the time to the first
-batch (from `load` on: workers start, first reads). Then alternates rounds of
+batch (from `load` on: workers start, first reads); rates count `--batches` batches after
+`--warmup` more (Grain's workers start one after the other). Then alternates rounds of
   tf:  the pipeline's train transform (fused decode+random-resized crop, bilinear resize,
        flip) on a tf.data pipeline limited to one thread, batching uint8 pixels as the
        pipeline does by default (the model normalises them on the device);
@@ -113,8 +114,9 @@ def backend_config(folder: str, backend: str, workers: int, batch: int, size: in
     )
 
 
-def measure_backend(config: ml_collections.ConfigDict, batches: int) -> dict:
-    """First-batch time, then `batches` batches timed: rates and peak memory (see top)."""
+def measure_backend(config: ml_collections.ConfigDict, batches: int, warmup: int) -> dict:
+    """First-batch time, `warmup` batches, then `batches` batches timed: rates and peak
+    memory (see top)."""
     from hnc_jax.data import pipeline  # Deferred: the children only.
 
     memory = PeakMemory()
@@ -123,6 +125,8 @@ def measure_backend(config: ml_collections.ConfigDict, batches: int) -> dict:
     stream = pipeline.train_iterator(pipeline.load(config), config)
     next(stream)
     first = time.perf_counter() - clock
+    for _ in range(warmup):  # Untimed: every worker process up (they start one by one).
+        next(stream)
     cpu, clock = cpu_seconds(), time.perf_counter()
     for _ in range(batches):
         next(stream)
@@ -146,7 +150,7 @@ def backend_rows(folder: Path, args: argparse.Namespace) -> list[dict]:
     for backend, workers in [("tf_data", 0)] + [("grain", w) for w in args.workers]:
         argv = [sys.executable, "-m", "hnc_jax.bench.inputs", f"--measure={backend}:{workers}",
                 f"--folder={folder}", f"--batches={args.batches}", f"--batch={args.batch}",
-                f"--size={args.size}"]  # fmt: skip
+                f"--warmup={args.warmup}", f"--size={args.size}"]  # fmt: skip
         out = subprocess.run(argv, capture_output=True, text=True)
         if out.returncode:
             raise RuntimeError(f"{backend} with {workers} workers failed:\n{out.stderr[-3000:]}")
@@ -219,6 +223,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch", type=int, default=32, help="backends: batch size")
     parser.add_argument("--batches", type=int, default=16, help="backends: batches timed")
     parser.add_argument("--workers", default="1,2", help="backends: Grain worker counts")
+    parser.add_argument("--warmup", type=int, default=8, help="backends: batches untimed")
     parser.add_argument("--measure", default="", help=argparse.SUPPRESS)  # A child's.
     parser.add_argument("--folder", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -228,7 +233,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.measure:  # A child of `backend_rows`.
         backend, workers = args.measure.split(":")
         config = backend_config(args.folder, backend, int(workers), args.batch, args.size)
-        result = measure_backend(config, args.batches)
+        result = measure_backend(config, args.batches, args.warmup)
         print(json.dumps(result))
         return result
     args.workers = [int(w) for w in args.workers.split(",")]
