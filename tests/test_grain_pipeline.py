@@ -4,6 +4,8 @@ each example once, host transforms with the tf ones' ranges (boxes following cro
 test_pipeline), and its config checks."""
 
 import itertools
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -146,3 +148,14 @@ def test_bad_backend_fields_are_one_line_errors(digits):
     with pytest.raises(ConfigError, match="tfds build cluttered_digits --file_format=array_"):
         ip.num_classes(make_config(input_backend="grain"))
     assert grain_pipeline.option(make_config(), "grain_workers") == 0  # Older configs.
+
+
+def test_the_grain_path_imports_no_tensorflow():
+    code = (
+        "import sys\n"
+        "from hnc_jax.data import grain_pipeline, host_transforms\n"
+        "import tensorflow_datasets.core.data_sources.array_record\n"
+        "print('tensorflow' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -1,7 +1,7 @@
 """What a prepared dataset is: its info (classes, sizes, labels), where its records come from,
 and which part of a split each process reads. Below the pipelines: `records` and
-`grain_pipeline` read from it, `pipeline` makes it (`pipeline.load`). No TensorFlow or jax
-imports: Grain's worker processes import this module."""
+`grain_pipeline` read from it, `pipeline` makes it (`pipeline.load`). Imports no TensorFlow
+(the Grain backend's modules import this one)."""
 
 from __future__ import annotations
 

@@ -19,9 +19,9 @@ and reads no record twice.
 Eval: the part in order, then padding (zeros, mask False) up to `num_eval_steps` batches.
 
 TensorFlow: neither this module nor what it imports (`host_transforms`, `dataset`, TFDS's
-ArrayRecord reader) imports it, nor jax: Grain's worker processes load neither. The main
-process still does (`pipeline.load` lists image folders with tf.io.gfile and prepares TFDS
-datasets; the training loop's metrics writer).
+ArrayRecord reader, Grain, which imports jax) imports it. The training process still does
+(`pipeline.load` prepares TFDS datasets and lists image folders with tf.io.gfile; clu's
+metric writer), and so may Grain's workers, which re-import the main module (spawn).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import collections
 from collections.abc import Callable, Iterator
 
 import grain
+import jax
 import ml_collections
 import numpy as np
 from absl import flags
@@ -269,7 +270,4 @@ def eval_iterator(
 
 
 def _process_index_and_count() -> tuple[int, int]:
-    # Deferred: Grain's worker processes unpickle this module's functions, and need no jax.
-    import jax
-
     return jax.process_index(), jax.process_count()
