@@ -73,7 +73,8 @@ def measure(config, warmup: int, steps: int) -> dict:
     step_fn = train_step.make_train_step(
         config, run.model, run.tx, run.schedule, run.mesh, epoch_steps=run.epoch_steps
     )
-    timed = Timed(pipeline.train_iterator(run.dataset, config, 0))
+    stream = pipeline.train_iterator(run.dataset, config, 0)
+    timed = Timed(stream)
     batches = train_step.device_batches(timed, run.mesh)
     state, pending = run.state, None
     for i in range(warmup + steps):
@@ -87,6 +88,8 @@ def measure(config, warmup: int, steps: int) -> dict:
     float(jax.device_get(pending)["loss"])
     wall = time.perf_counter() - start
     cores = (inputs.cpu_seconds() - cpu) / wall
+    if hasattr(stream, "close"):  # Grain: its worker processes and their shared memory.
+        stream.close()
     return {
         "images_per_s": round(steps * config.batch_size / wall, 2),
         "input_wait": round(timed.wait / wall, 3),

@@ -131,6 +131,8 @@ def measure_backend(config: ml_collections.ConfigDict, batches: int, warmup: int
     for _ in range(batches):
         next(stream)
     wall, cpu = time.perf_counter() - clock, cpu_seconds() - cpu
+    if hasattr(stream, "close"):  # Grain: its worker processes and their shared memory.
+        stream.close()
     memory.done.set()
     memory.join()
     images = batches * config.batch_size
