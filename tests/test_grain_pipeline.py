@@ -63,6 +63,10 @@ def test_resume_from_a_step_or_a_saved_state_gives_the_same_batches(digits_array
             for key in ("image", "label", "box"):
                 np.testing.assert_array_equal(a[key], b[key])
                 np.testing.assert_array_equal(a[key], c[key])
+    # A state saved with another worker count (another layout): the stream sliced at the step.
+    other = {**stream.state(5), "workers": 3}
+    resumed = next(ip.train_iterator(dataset, config, 5, other))
+    np.testing.assert_array_equal(resumed["image"], full[5]["image"])
     with pytest.raises(ValueError, match="input state of step 5 given to resume at 4"):
         ip.train_iterator(dataset, config, 4, stream.state(5))
 

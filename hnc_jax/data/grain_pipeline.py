@@ -184,13 +184,14 @@ class TrainBatches:
     """Iterator of this process's train batches from `start_step`, and `state(step)`: what
     resumes the stream at a recent `step` (JSON-able), for the checkpoint of that step."""
 
-    def __init__(self, iterator, start_step: int):
-        self._iterator, self._step = iterator, start_step
+    def __init__(self, iterator, start_step: int, workers: int):
+        self._iterator, self._step, self._workers = iterator, start_step, workers
         self._states = collections.OrderedDict()
         self._keep()
 
     def _keep(self) -> None:
-        self._states[self._step] = {"step": self._step, "grain": self._iterator.get_state()}
+        state = {"step": self._step, "workers": self._workers, "grain": self._iterator.get_state()}
+        self._states[self._step] = state
         while len(self._states) > KEPT_STATES:
             self._states.popitem(last=False)
 
@@ -236,13 +237,16 @@ def train_iterator(
 
     stream = _Epochs(part, config.seed, index, steps_per_epoch * batch).map(example)
     batches = stream.batch(batch, drop_remainder=True)
-    if state is None:
-        return TrainBatches(_iterate(batches[start_step:], config), start_step)
-    if state["step"] != start_step:
+    workers = option(config, "grain_workers")
+    if state is not None and state["step"] != start_step:
         raise ValueError(f"input state of step {state['step']} given to resume at {start_step}")
+    if state is None or state.get("workers", 0) != workers:
+        # No state, or one of another worker count (whose layout differs): the stream sliced
+        # at the step gives the same batches.
+        return TrainBatches(_iterate(batches[start_step:], config), start_step, workers)
     iterator = _iterate(batches, config)
     iterator.set_state(state["grain"])
-    return TrainBatches(iterator, start_step)
+    return TrainBatches(iterator, start_step, workers)
 
 
 def eval_iterator(
