@@ -47,6 +47,14 @@ def get_config() -> ml_collections.ConfigDict:
     # Encoded train records shuffled together: a process's part that fits is shuffled whole
     # each epoch, a larger one in permuted blocks of this size (hnc_jax/data/records.py).
     config.shuffle_buffer_size = 16_384
+    # Input backend: 'tf_data' or 'grain' (TFDS datasets prepared as ArrayRecord, or image
+    # folders; docs/data.md). Grain: worker processes for decode and augment (0: in this
+    # process), reader threads per process (grain.ReadOptions.num_threads) and batches
+    # prefetched (ReadOptions.prefetch_buffer_size).
+    config.input_backend = "tf_data"
+    config.grain_workers = 0
+    config.grain_read_threads = 16
+    config.grain_prefetch = 64
     config.batch_size = 128  # Global.
     config.eval_batch_size = 360
     config.num_epochs = 8  # 4 gave 72.7-92.2% over seeds 0-2; 8 gives 97.5-98.7%.

@@ -55,12 +55,13 @@ def pytest_sessionfinish(session, exitstatus):
         shutil.rmtree(path, ignore_errors=True)
 
 
-def _prepared(name: str):
-    """The TFDS builder `name`, prepared in this run's TFDS_DATA_DIR: by the first of the
-    run's test processes to get there (pytest-xdist workers share the directory)."""
+def _prepared(name: str, **kwargs):
+    """The TFDS builder `name` (with builder `kwargs`), prepared in this run's TFDS_DATA_DIR
+    unless `kwargs` name another data_dir: by the first of the run's test processes to get
+    there (pytest-xdist workers share the directory)."""
     with open(os.path.join(os.environ["TFDS_DATA_DIR"], ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        builder = tfds.builder(name)  # Reads what is on disk: after the lock.
+        builder = tfds.builder(name, **kwargs)  # Reads what is on disk: after the lock.
         builder.download_and_prepare()
     return builder
 
@@ -70,6 +71,16 @@ def digits():
     """The cluttered_digits builder, prepared before any test: every test and main.py run
     finds it there by default (most need it; none builds it again)."""
     return _prepared("cluttered_digits")
+
+
+@pytest.fixture(scope="session")
+def digits_array_record() -> str:
+    """The data_dir of cluttered_digits prepared as ArrayRecord (the Grain backend's format;
+    about 10 s): TFDS keeps one format per dataset version and directory, so a directory of
+    its own beside the run's."""
+    data_dir = os.path.join(os.environ["TFDS_DATA_DIR"], "array_record")
+    _prepared("cluttered_digits", data_dir=data_dir, file_format="array_record")
+    return data_dir
 
 
 @pytest.fixture(scope="session")

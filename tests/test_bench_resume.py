@@ -22,3 +22,11 @@ def test_bad_flags_exit_with_a_message(capsys):
     with pytest.raises(SystemExit):
         cli.main(["resume", "--buffer=0"])
     assert "--buffer must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_grain_resume_reads_only_the_batches_it_yields_and_reads_ahead(tmp_path):
+    resume.prepare("numbered_images/n2000", str(tmp_path), files=8, file_format="array_record")
+    config = resume.bench_config("numbered_images/n2000", str(tmp_path), 256, 16, "grain")
+    config.grain_read_threads, config.grain_prefetch = 1, 1  # One batch read ahead at most.
+    result = resume.measure(config, step_ms=0, after=1)
+    assert result["resume_step"] == 62 and 16 <= result["records_read"] <= 3 * 16

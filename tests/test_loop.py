@@ -1,6 +1,7 @@
 """The training job in process: resume after a crash and after SIGTERM is bit-identical, a
 non-finite loss stops at its step, eval-only of a saved checkpoint, mock-data ImageNet."""
 
+import itertools
 import re
 import signal
 
@@ -16,15 +17,30 @@ from hnc_jax.training import checkpoints, job, loop
 from tests.helpers import digits_config, final_params, truncate, write_image_folder
 
 
+class Interrupting:
+    """`batches` (a train iterator) running `action(batch)` on its batch `batch_index`; the
+    Grain iterator's `state` passes through."""
+
+    def __init__(self, batches, batch_index, action):
+        self.batches, self.index, self.action = batches, itertools.count(), (batch_index, action)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        batch = next(self.batches)
+        return self.action[1](batch) if next(self.index) == self.action[0] else batch
+
+    def state(self, step):
+        return self.batches.state(step)
+
+
 def interrupt_at(monkeypatch, batch_index, action):
     """Makes the next train_iterator run `action()` when its batch `batch_index` is asked."""
     original = pipeline.train_iterator
 
-    def iterator(dataset, config, start_step=0):
-        for i, batch in enumerate(original(dataset, config, start_step)):
-            if i == batch_index:
-                batch = action(batch)
-            yield batch
+    def iterator(dataset, config, start_step=0, state=None):
+        return Interrupting(original(dataset, config, start_step, state), batch_index, action)
 
     monkeypatch.setattr(pipeline, "train_iterator", iterator)
 
@@ -33,8 +49,18 @@ def crash(batch):
     raise KeyboardInterrupt("killed")
 
 
-def test_resume_after_crash_and_sigterm_is_bit_identical(tmp_path, monkeypatch):
-    config = digits_config()
+@pytest.fixture(params=["tf_data", pytest.param("grain", marks=pytest.mark.slow)])
+def backend_config(request):
+    """digits_config for each input backend (Grain reads the ArrayRecord build; about 20 s
+    more, in the pinned set only)."""
+    if request.param == "tf_data":
+        return digits_config()
+    data_dir = request.getfixturevalue("digits_array_record")
+    return digits_config(input_backend="grain", data_dir=data_dir)
+
+
+def test_resume_after_crash_and_sigterm_is_bit_identical(tmp_path, monkeypatch, backend_config):
+    config = backend_config
     result = loop.train_and_evaluate(config, str(tmp_path / "a"))
     assert set(result) == {"step", "eval/loss", "eval/top1", "eval/top5", "eval/num_posi"}
     step_a, params_a = final_params(config, tmp_path / "a")
@@ -57,6 +83,9 @@ def test_resume_after_crash_and_sigterm_is_bit_identical(tmp_path, monkeypatch):
     step_b, params_b = final_params(config, workdir)
     assert step_a == step_b == 6
     jax.tree.map(np.testing.assert_array_equal, params_a, params_b)
+    # Grain: its iterator state is in each checkpoint (it resumed the stream), a file a process.
+    saved = (tmp_path / "b" / "checkpoints" / "6" / "data" / "process_0-of-1.json").exists()
+    assert saved == (config.input_backend == "grain")
     # Eval-only of the best (here: the only evaluated) checkpoint gives the run's result.
     evaluated = loop.evaluate_checkpoint(config, str(tmp_path / "a"), "best")
     assert evaluated == result

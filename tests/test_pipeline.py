@@ -17,7 +17,7 @@ from tensorflow_datasets.core.utils import shard_utils
 
 from configs import finetune_cub_resnet50_hnc_mse
 from hnc_jax.bench import resume
-from hnc_jax.data import image_stats, label_noise, records, transforms
+from hnc_jax.data import folders, host_transforms, image_stats, label_noise, records, transforms
 from hnc_jax.data import pipeline as ip
 from hnc_jax.errors import ConfigError
 from tests.helpers import truncate, write_image_folder
@@ -433,21 +433,34 @@ def test_image_folder_is_listed_once_per_run(tmp_path, monkeypatch):
     assert len(listed) == 6
 
 
+def _tf_crop_flip(data: bytes, box: np.ndarray, size: int, seed: int):
+    key = tf.constant([seed, 1], tf.int64)
+    image, out = transforms.decode_crop_resize(tf.constant(data), box, size, seed > 0, key)
+    image, out = transforms.flip(image, out, tf.constant([seed, 2], tf.int64))
+    return image.numpy(), out.numpy()
+
+
+def _host_crop_flip(data: bytes, box: np.ndarray, size: int, seed: int):
+    """The Grain backend's numpy/PIL transforms."""
+    rng = np.random.default_rng(seed)
+    image, out = host_transforms.decode_crop_resize(data, box, size, rng if seed else None)
+    return host_transforms.flip(image, out, rng)
+
+
+@pytest.mark.parametrize("crop_flip", [_tf_crop_flip, _host_crop_flip])
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
-def test_boxes_follow_crops_and_flips(fmt, tmp_path):
+def test_boxes_follow_crops_and_flips(fmt, crop_flip, tmp_path):
     array = np.zeros((300, 400, 3), np.uint8)
     array[60:200, 250:330] = 255  # Box [0.2, 0.625, 0.6667, 0.825].
     path = tmp_path / f"x.{fmt.lower()}"
     Image.fromarray(array).save(path, fmt, quality=100)
-    data = tf.constant(path.read_bytes())
-    box = tf.constant([60 / 300, 250 / 400, 200 / 300, 330 / 400])
+    box = np.array([60 / 300, 250 / 400, 200 / 300, 330 / 400], np.float32)
     size = 64
-    for seed in range(12):
-        key = tf.constant([seed, 1], tf.int64)
-        image, out = transforms.decode_crop_resize(data, box, size, random=seed > 0, key=key)
-        image, out = transforms.flip(image, out, tf.constant([seed, 2], tf.int64))
-        white = image.numpy().mean(-1) > 128
-        y0, x0, y1, x1 = out.numpy() * size
+    for seed in range(12):  # Seed 0: the central (eval) crop; others random-resized.
+        image, out = crop_flip(path.read_bytes(), box, size, seed)
+        assert image.shape == (size, size, 3) and image.dtype == np.uint8
+        white = image.mean(-1) > 128
+        y0, x0, y1, x1 = out * size
         if not white.any():
             assert y0 == y1 or x0 == x1  # Crop missed the object: the box is empty.
             continue
@@ -544,8 +557,10 @@ def test_bad_image_is_named_when_a_batch_reads_it(tmp_path, monkeypatch):
     message = _one_line_error(list, ip.eval_iterator(dataset, config))
     assert f"cannot decode 1 image of the val split: {bad_eval} (" in message
     checked = []
-    problem = ip._image_problem
-    monkeypatch.setattr(ip, "_image_problem", lambda path: checked.append(path) or problem(path))
+    problem = folders.image_problem
+    monkeypatch.setattr(
+        folders, "image_problem", lambda path: checked.append(path) or problem(path)
+    )
     for start in (0, 2, 4):  # Fresh, resumed, in epoch 1: each reads a whole epoch.
         checked.clear()
         message = _one_line_error(_take, ip.train_iterator(dataset, config, start), 8)

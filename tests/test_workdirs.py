@@ -106,3 +106,18 @@ def test_another_hosts_owner_needs_force(tmp_path):
     with workdirs.owned(workdir, force=True):
         pass
     assert not (workdir / workdirs.OWNER_FILE).exists()
+
+
+def test_a_run_recorded_before_the_input_backend_fields_resumes(tmp_path):
+    config = tiny_config()
+    workdirs.record_config(tmp_path, config, ["a", "b"], {})
+    record = workdirs.read_record(tmp_path)
+    for field in workdirs.ADDED:  # As a run recorded before the fields existed.
+        del record["config"][field]
+    (tmp_path / workdirs.CONFIG_FILE).write_text(json.dumps(record))
+    assert workdirs.check_config(tmp_path, config) == {}
+    with pytest.raises(ConfigError, match="input_backend 'tf_data' -> 'grain'"):
+        workdirs.check_config(tmp_path, tiny_config(input_backend="grain"))
+    assert workdirs.check_config(tmp_path, tiny_config(grain_workers=4)) == {
+        "grain_workers": (0, 4)
+    }

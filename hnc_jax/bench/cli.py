@@ -1,5 +1,5 @@
 """Benchmarks (never timed tests):
-`python -m hnc_jax.bench {step,startup,input,resume,aot} [flags]`.
+`python -m hnc_jax.bench {step,startup,input,resume,e2e,aot} [flags]`.
 
 step     (`step.py`) the real train step (`train_step.make_train_step`), cross-entropy
          only vs +HNC-mse vs +HNC-kd, steps interleaved after warm-up, medians of repeats. Honours
@@ -7,9 +7,11 @@ step     (`step.py`) the real train step (`train_step.make_train_step`), cross-e
 startup  (`step.py`) init / trace / compile of the +HNC-mse step and the step time, unrolled vs
          scanned blocks, each cold (empty compilation cache) and warm (a fresh process on
          the cache the cold one filled).
-input    the train input pipeline vs a PIL + RandomResizedCrop loop (`inputs.py`).
-resume   records read to resume the train stream mid-epoch, and the epoch-boundary stall,
-         against a baseline commit's pipeline (`resume.py`).
+input    the ImageNet train transform at 224 px: tf.data vs Grain at 1 and 2 workers (images/s
+         per core, peak memory, first batch), and a PIL + RandomResizedCrop loop (`inputs.py`).
+resume   records read to resume the train stream mid-epoch (tf.data and Grain), and the
+         epoch-boundary stall, against a baseline commit's pipeline (`resume.py`).
+e2e      the train loop with its input: images/s, input wait, host cores (`e2e.py`).
 aot      a config's train and eval steps compiled for a TPU slice on this host: memory per
          chip, FLOPs and bytes per image, roofline images/s per chip (`aot.py`; needs
          requirements-tpu.txt).
@@ -50,6 +52,7 @@ def main(argv: list[str] | None = None) -> None:
             p.add_argument("--layouts", default="unrolled,scan", help="of unrolled,scan")
     sub.add_parser("input", add_help=False)
     sub.add_parser("resume", add_help=False)
+    sub.add_parser("e2e", add_help=False)
     sub.add_parser("aot", add_help=False)
     args, rest = parser.parse_known_args(argv)
     if args.command == "input":
@@ -61,6 +64,11 @@ def main(argv: list[str] | None = None) -> None:
         from hnc_jax.bench import resume  # Deferred: TensorFlow, for this command only.
 
         resume.main(rest)
+        return
+    if args.command == "e2e":
+        from hnc_jax.bench import e2e  # Deferred: TensorFlow, for this command only.
+
+        e2e.main(rest)
         return
     if args.command == "aot":
         print(json.dumps(aot.main(rest)))

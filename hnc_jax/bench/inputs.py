@@ -1,6 +1,13 @@
-"""Input benchmark: ImageNet train preprocessing in tf.data vs a PIL (torchvision-style) loop.
+"""Input benchmark: the ImageNet train transform in tf.data vs Grain, and vs a PIL loop.
 
-Writes ImageNet-like JPEGs (500x375, quality 90), then alternates rounds of
+Writes ImageNet-like JPEGs (500x375, quality 90). First, the two input backends side by side:
+each in a fresh process, `pipeline.train_iterator` over an image folder of those JPEGs with
+the ImageNet train transform (random-resized crop, flip) at `--size`: tf.data (its own
+autotuned threads) and Grain at 1 and 2 worker processes (`--workers`), reporting images/s
+(wall), images/s per core (CPU seconds of the process and its children, the workers), the
+peak memory of that process tree (summed RSS, sampled every 20 ms) and the time to the first
+batch (from `load` on: workers start, first reads); rates count `--batches` batches after
+`--warmup` more (Grain's workers start one after the other). Then alternates rounds of
   tf:  the pipeline's train transform (fused decode+random-resized crop, bilinear resize,
        flip) on a tf.data pipeline limited to one thread, batching uint8 pixels as the
        pipeline does by default (the model normalises them on the device);
@@ -20,11 +27,16 @@ import json
 import math
 import random
 import statistics
+import subprocess
+import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
+import ml_collections
 import numpy as np
+import psutil
 import tensorflow as tf
 from PIL import Image
 
@@ -44,6 +56,110 @@ def write_jpegs(folder: Path, count: int, seed: int = 0) -> list[bytes]:
         image.save(path, quality=90)
         out.append(path.read_bytes())
     return out
+
+
+def _tree() -> list[psutil.Process]:
+    return [psutil.Process(), *psutil.Process().children(recursive=True)]
+
+
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process and its live children."""
+    total = 0.0
+    for proc in _tree():
+        try:
+            times = proc.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
+class PeakMemory(threading.Thread):
+    """The peak summed RSS (bytes) of this process and its children, sampled every 20 ms."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.peak, self.done = 0, threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(0.02):
+            rss = 0
+            for proc in _tree():
+                try:
+                    rss += proc.memory_info().rss
+                except psutil.NoSuchProcess:
+                    continue
+            self.peak = max(self.peak, rss)
+
+
+def backend_config(folder: str, backend: str, workers: int, batch: int, size: int):
+    """The ImageNet train transform over `folder`'s image folder, with `backend`."""
+    return ml_collections.ConfigDict(
+        dict(
+            dataset="image_folder",
+            data_dir=None,
+            image_folder=folder,
+            train_split="train",
+            eval_split="train",
+            image_size=size,
+            batch_size=batch,
+            eval_batch_size=batch,
+            shuffle_buffer_size=16_384,
+            seed=0,
+            image_dtype="uint8",
+            augment=dict(random_resized_crop=True, flip=True, crop_padding=0),
+            input_backend=backend,
+            grain_workers=workers,
+        )
+    )
+
+
+def measure_backend(config: ml_collections.ConfigDict, batches: int, warmup: int) -> dict:
+    """First-batch time, `warmup` batches, then `batches` batches timed: rates and peak
+    memory (see top)."""
+    from hnc_jax.data import pipeline  # Deferred: the children only.
+
+    memory = PeakMemory()
+    memory.start()
+    clock = time.perf_counter()
+    stream = pipeline.train_iterator(pipeline.load(config), config)
+    next(stream)
+    first = time.perf_counter() - clock
+    for _ in range(warmup):  # Untimed: every worker process up (they start one by one).
+        next(stream)
+    cpu, clock = cpu_seconds(), time.perf_counter()
+    for _ in range(batches):
+        next(stream)
+    wall, cpu = time.perf_counter() - clock, cpu_seconds() - cpu
+    if hasattr(stream, "close"):  # Grain: its worker processes and their shared memory.
+        stream.close()
+    memory.done.set()
+    memory.join()
+    images = batches * config.batch_size
+    return {
+        "images_per_s": round(images / wall, 1),
+        "images_per_s_per_core": round(images / cpu, 1),
+        "cores": round(cpu / wall, 2),
+        "peak_memory_mb": round(memory.peak / 2**20),
+        "first_batch_s": round(first, 2),
+    }
+
+
+def backend_rows(folder: Path, args: argparse.Namespace) -> list[dict]:
+    """`measure_backend` of tf.data and of Grain at each of `args.workers`, each in a fresh
+    process (cold start, own memory)."""
+    rows = []
+    for backend, workers in [("tf_data", 0)] + [("grain", w) for w in args.workers]:
+        argv = [sys.executable, "-m", "hnc_jax.bench.inputs", f"--measure={backend}:{workers}",
+                f"--folder={folder}", f"--batches={args.batches}", f"--batch={args.batch}",
+                f"--warmup={args.warmup}", f"--size={args.size}"]  # fmt: skip
+        out = subprocess.run(argv, capture_output=True, text=True)
+        if out.returncode:
+            raise RuntimeError(f"{backend} with {workers} workers failed:\n{out.stderr[-3000:]}")
+        row = {"backend": backend, "workers": workers, **json.loads(out.stdout.splitlines()[-1])}
+        print(" ".join(f"{k}={v}" for k, v in row.items()), flush=True)
+        rows.append(row)
+    return rows
 
 
 def tf_dataset(data: list[bytes], size: int, repeats: int) -> tf.data.Dataset:
@@ -106,12 +222,29 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds per side")
     parser.add_argument("--repeats", type=int, default=8, help="passes over the JPEGs a round")
     parser.add_argument("--size", type=int, default=224, help="output side")
+    parser.add_argument("--batch", type=int, default=32, help="backends: batch size")
+    parser.add_argument("--batches", type=int, default=16, help="backends: batches timed")
+    parser.add_argument("--workers", default="1,2", help="backends: Grain worker counts")
+    parser.add_argument("--warmup", type=int, default=8, help="backends: batches untimed")
+    parser.add_argument("--measure", default="", help=argparse.SUPPRESS)  # A child's.
+    parser.add_argument("--folder", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    for name in ("images", "rounds", "repeats", "size"):
+    for name in ("images", "rounds", "repeats", "size", "batch", "batches"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.measure:  # A child of `backend_rows`.
+        backend, workers = args.measure.split(":")
+        config = backend_config(args.folder, backend, int(workers), args.batch, args.size)
+        result = measure_backend(config, args.batches, args.warmup)
+        print(json.dumps(result))
+        return result
+    args.workers = [int(w) for w in args.workers.split(",")]
     with tempfile.TemporaryDirectory() as folder:
         data = write_jpegs(Path(folder), args.images)
+        (Path(folder) / "train" / "a").mkdir(parents=True)  # One class: an image folder.
+        for i, raw in enumerate(data):
+            (Path(folder) / "train" / "a" / f"{i}.jpg").write_bytes(raw)
+        rows = backend_rows(Path(folder), args)
     ds = tf_dataset(data, args.size, args.repeats)
     tf_round(ds)  # Warm-up.
     rates = {"tf": [], "pil": []}
@@ -136,6 +269,10 @@ def main(argv: list[str] | None = None) -> dict:
         "tf_output": "uint8 (normalised on the device)",
         "pil_output": "float32 normalised",
         "mean_jpeg_kb": round(sum(map(len, data)) / len(data) / 1024, 1),
+        "backends": rows,
+        "batch": args.batch,
+        "batches": args.batches,
+        "host_cores": psutil.cpu_count(),
     }
     print(json.dumps(result))
     return result

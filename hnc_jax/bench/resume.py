@@ -1,12 +1,14 @@
 """Train-stream benchmark at scale: what a mid-epoch resume reads, and the epoch-boundary stall.
 
 For each dataset (a synthetic TFDS dataset of `--records` small records in `--files` files,
-and the embedded cluttered_digits) and each pipeline (this tree's, and `--baseline`'s
-`hnc_jax` package, unpacked from git, e.g. the commit before the resumable order), a fresh
-process resumes `train_iterator` at the middle of epoch 0 and reports
-  records_read:  records read from the TFRecord files when the first batch arrives (counted
-                 on the raw record stream, skipped records included), and the process's
-                 bytes read (/proc/self/io rchar) as a check;
+and the embedded cluttered_digits) and each pipeline (this tree's with each input backend,
+tf.data over TFRecord and Grain over ArrayRecord, and `--baseline`'s `hnc_jax` package,
+unpacked from git, e.g. the commit before the resumable order), a fresh process resumes
+`train_iterator` at the middle of epoch 0 and reports
+  records_read:  records read from the files when the first batch arrives (tf.data: counted
+                 on the raw record stream, skipped records included; Grain: the ArrayRecord
+                 source's reads), and the process's bytes read (/proc/self/io rchar) as a
+                 check;
   first_batch_s: time to that first batch;
 then consumes the rest of epoch 0, epoch 1 and a few batches of epoch 2, sleeping
 `--step_ms` per batch as a training step would, and reports the waits for the first batches
@@ -78,14 +80,45 @@ def identity(images: np.ndarray) -> np.ndarray:
     return images.reshape(len(images), -1)[:, :4].copy().view("<u4")[:, 0]
 
 
-def prepare(name: str, data_dir: str, files: int) -> None:
+def prepare(name: str, data_dir: str, files: int, file_format: str | None = None) -> None:
     """Builds dataset `name` into `data_dir` unless there (NumberedImages in `files` files;
-    others as they come, so that cluttered_digits is the usual one)."""
-    builder = tfds.builder(name, data_dir=data_dir)
+    others as they come, so that cluttered_digits is the usual one), in `file_format`."""
+    builder = tfds.builder(name, data_dir=data_dir, file_format=file_format)
     if not builder.is_prepared():
         numbered = isinstance(builder, NumberedImages)
         config = tfds.download.DownloadConfig(num_shards=files) if numbered else None
         builder.download_and_prepare(download_config=config)
+
+
+class _Count:
+    def __init__(self):
+        self.value = 0
+
+    def numpy(self) -> int:
+        return self.value
+
+
+@contextlib.contextmanager
+def count_source_reads() -> Iterator[_Count]:
+    """A counter of the records TFDS's random-access sources (Grain's) read while active."""
+    from tensorflow_datasets.core.data_sources import base  # Not exported by tfds.core.
+
+    source = base.BaseDataSource
+    one, many, counter = source.__getitem__, source.__getitems__, _Count()
+
+    def getitem(self, key):
+        counter.value += 1
+        return one(self, key)
+
+    def getitems(self, keys):
+        counter.value += len(keys)
+        return many(self, keys)
+
+    source.__getitem__, source.__getitems__ = getitem, getitems
+    try:
+        yield counter
+    finally:
+        source.__getitem__, source.__getitems__ = one, many
 
 
 @contextlib.contextmanager
@@ -114,7 +147,9 @@ def bytes_read() -> int:
     raise RuntimeError("/proc/self/io has no rchar line")
 
 
-def bench_config(name: str, data_dir: str, buffer: int, batch: int) -> ml_collections.ConfigDict:
+def bench_config(
+    name: str, data_dir: str, buffer: int, batch: int, backend: str = "tf_data"
+) -> ml_collections.ConfigDict:
     """A train-stream config for `name`: NumberedImages at 8x8 or the default digits run's."""
     digits = name == "cluttered_digits"
     return ml_collections.ConfigDict(
@@ -131,6 +166,7 @@ def bench_config(name: str, data_dir: str, buffer: int, batch: int) -> ml_collec
             seed=0,
             image_dtype="uint8",
             augment=dict(random_resized_crop=False, flip=digits, crop_padding=4 * digits),
+            input_backend=backend,
         )
     )
 
@@ -147,7 +183,8 @@ def measure(config: ml_collections.ConfigDict, step_ms: float, after: int) -> di
     dataset = pipeline.load(config)
     steps = dataset.info.num_train // config.batch_size
     start = steps // 2
-    with count_records_read() as counter:
+    grain = config.get("input_backend", "tf_data") == "grain"
+    with count_source_reads() if grain else count_records_read() as counter:
         before, clock = bytes_read(), time.perf_counter()
         batches = pipeline.train_iterator(dataset, config, start)
         next(batches)
@@ -174,15 +211,24 @@ def measure(config: ml_collections.ConfigDict, step_ms: float, after: int) -> di
     }
 
 
-def _run_measure(tree: Path, args: argparse.Namespace, name: str, batch: int) -> dict:
+def _run_measure(
+    tree: Path, args: argparse.Namespace, name: str, batch: int, backend: str = "tf_data"
+) -> dict:
     """`measure` in a fresh process whose `hnc_jax` package is `tree`'s."""
-    argv = [sys.executable, __file__, "--measure", name, "--data_dir", args.data_dir]
+    data_dir = _data_dir(args.data_dir, backend)
+    argv = [sys.executable, __file__, "--measure", name, "--data_dir", data_dir]
+    argv += ["--backend", backend] if backend != "tf_data" else []
     argv += [f"--{k}={getattr(args, k)}" for k in ("buffer", "step_ms", "after")]
     env = {**os.environ, "PYTHONPATH": str(tree), "TF_CPP_MIN_LOG_LEVEL": "2"}
     out = subprocess.run(argv + [f"--batch={batch}"], env=env, capture_output=True, text=True)
     if out.returncode:
         raise RuntimeError(f"measure {name} in {tree} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _data_dir(root: str, backend: str) -> str:
+    """TFDS keeps one file format per directory: Grain's ArrayRecord builds go in their own."""
+    return root if backend == "tf_data" else f"{root}/array_record"
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -195,13 +241,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--after", type=int, default=5, help="batches read into epoch 2")
     parser.add_argument("--baseline", default="", help="git commit to compare with")
     parser.add_argument("--data_dir", default="", help="TFDS data dir (default: a temp dir)")
+    parser.add_argument("--backends", default="tf_data,grain", help="this tree's backends")
+    parser.add_argument("--backend", default="tf_data", help=argparse.SUPPRESS)  # A child's.
     parser.add_argument("--measure", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     for name in ("files", "buffer", "batch", "after"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
     if args.measure:  # A child of `_run_measure`.
-        config = bench_config(args.measure, args.data_dir, args.buffer, args.batch)
+        config = bench_config(args.measure, args.data_dir, args.buffer, args.batch, args.backend)
         result = measure(config, args.step_ms, args.after)
         print(json.dumps(result))
         return result
@@ -222,12 +270,18 @@ def main(argv: list[str] | None = None) -> dict:
         from hnc_jax.data import cluttered_digits  # noqa: F401  (registers the TFDS builder)
 
         runs = [(f"numbered_images/n{args.records}", args.batch), ("cluttered_digits", 128)]
+        backends = args.backends.split(",")
         for name, _ in runs:
-            prepare(name, args.data_dir, args.files)
+            for backend in backends:
+                file_format = "array_record" if backend == "grain" else None
+                prepare(name, _data_dir(args.data_dir, backend), args.files, file_format)
         rows = []
         for name, batch in runs:
-            for label, tree in trees.items():
-                rows.append({"pipeline": label, **_run_measure(tree, args, name, batch)})
+            pipelines = [(f"current/{b}", REPO, b) for b in backends]
+            pipelines += [(label, tree, "tf_data") for label, tree in trees.items() if tree != REPO]
+            for label, tree, backend in pipelines:
+                row = _run_measure(tree, args, name, batch, backend)
+                rows.append({"pipeline": label, **row})
                 print(" ".join(f"{k}={v}" for k, v in rows[-1].items()), flush=True)
     result = {"buffer": args.buffer, "files": args.files, "step_ms": args.step_ms, "runs": rows}
     print(json.dumps(result))

@@ -20,11 +20,16 @@ remainder is dropped), so the batch at step s is a pure function of (seed, s). E
 pipeline is built and its buffer filled in the background while the last steps of the epoch
 before are consumed, so that the fill does not stall training at the epoch boundary.
 
-Image folders: hidden files and folders (`.DS_Store`, macOS `._x.jpg`) are skipped; both
-splits must have the same class folders and at least one image (`validate`, which only lists
-directories); `config.check_images` decodes every image at `load`; an image that fails to
-decode while training or evaluating stops the run with a ConfigError naming it (the files of
-the failing batch are found from the epoch's order and checked then, off the normal path).
+Image folders (`folders`): hidden files and folders (`.DS_Store`, macOS `._x.jpg`) are
+skipped; both splits must have the same class folders and at least one image (`validate`,
+which only lists directories); `config.check_images` decodes every image at `load`; an image
+that fails to decode while training or evaluating stops the run with a ConfigError naming it
+(the files of the failing batch are found from the epoch's order and checked then, off the
+normal path).
+
+Backends (`config.input_backend`): 'tf_data' (this module, the default) or 'grain'
+(`grain_pipeline`: TFDS datasets prepared as ArrayRecord, or image folders; its train
+iterator's `state(step)` is saved with the checkpoint of that step and resumes it).
 
 Use: `num_classes(config)` (metadata only, for config checks), then `dataset = load(config)`
 once per run, passed to `train_iterator(dataset, config, start_step)` and
@@ -34,21 +39,21 @@ once per run, passed to `train_iterator(dataset, config, start_step)` and
 from __future__ import annotations
 
 import concurrent.futures
-import io
 import itertools
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 
 import jax
 import ml_collections
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
-from absl import logging
-from PIL import Image
 
 from hnc_jax.data import (
     cluttered_digits,  # noqa: F401  (registers the TFDS builder)
+    folders,
+    grain_pipeline,
+    host_transforms,
     label_noise,
     records,
     transforms,
@@ -59,9 +64,12 @@ from hnc_jax.errors import ConfigError
 SMALL_IMAGE = 64
 SHUFFLE_BUFFER = 16_384  # Encoded records shuffled together (`records`); config may override.
 MANUAL_FILES = {"imagenet2012": "ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar"}
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
-TF_FORMATS = ("JPEG", "MPO", "PNG", "GIF", "BMP", "WEBP")  # PIL formats TF decodes too.
-NAMED_FILES = 5  # Unreadable images named in an error; the rest are counted.
+BACKENDS = ("tf_data", "grain")
+
+
+def backend(config: ml_collections.ConfigDict) -> str:
+    """`config.input_backend` ('tf_data' for configs that predate the field)."""
+    return config.get("input_backend", "tf_data")
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -71,16 +79,21 @@ def validate(config: ml_collections.ConfigDict) -> None:
     folders up to the first one that holds an image."""
     _check_fields(config)
     if config.dataset == "image_folder":
-        classes = _folder_classes(config)
-        for split in _folder_splits(config):
-            names = (_image_names(f"{config.image_folder}/{split}/{c}") for c in classes)
+        classes = folders.classes(config)
+        for split in folders.splits(config):
+            names = (folders.image_names(f"{config.image_folder}/{split}/{c}") for c in classes)
             if not any(names):  # Stops at the first class folder with an image.
-                raise _no_images(config, split)
+                raise folders.no_images(config, split)
 
 
 def _check_fields(config: ml_collections.ConfigDict) -> None:
     """`validate` less the listing of an image folder's splits."""
     name = config.dataset
+    if backend(config) not in BACKENDS:
+        raise ConfigError(
+            f"unknown input_backend {backend(config)!r}; allowed: " + ", ".join(BACKENDS)
+        )
+    grain_pipeline.check_fields(config)
     if name == "image_folder":
         root = config.get("image_folder")
         if not root or not tf.io.gfile.isdir(root):
@@ -102,10 +115,10 @@ def _check_fields(config: ml_collections.ConfigDict) -> None:
     buffer = config.get("shuffle_buffer_size", SHUFFLE_BUFFER)
     if buffer <= 0:
         raise ConfigError(f"shuffle_buffer_size must be positive, got {buffer}")
-    if config.image_dtype not in transforms.IMAGE_DTYPES:
+    if config.image_dtype not in host_transforms.IMAGE_DTYPES:
         raise ConfigError(
             f"unknown image_dtype {config.image_dtype!r}; allowed: "
-            + ", ".join(transforms.IMAGE_DTYPES)
+            + ", ".join(host_transforms.IMAGE_DTYPES)
         )
 
 
@@ -122,7 +135,22 @@ def _missing_message(builder: tfds.core.DatasetBuilder) -> str:
 
 
 def _builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
-    return tfds.builder(config.dataset, data_dir=config.get("data_dir"))
+    """The dataset's builder; Grain reads the ArrayRecord files (random access)."""
+    if backend(config) == "tf_data":
+        return tfds.builder(config.dataset, data_dir=config.get("data_dir"))
+    try:
+        return tfds.builder(
+            config.dataset, data_dir=config.get("data_dir"), file_format="array_record"
+        )
+    except ValueError as error:  # TFDS: "File format is already set to ...".
+        if "already set" not in str(error):
+            raise
+        raise ConfigError(
+            f"input_backend='grain' reads ArrayRecord files, but {config.dataset} is prepared "
+            f"in another format in data_dir={config.get('data_dir')}: prepare it in another "
+            f"data_dir with `tfds build {config.dataset} --file_format=array_record "
+            "--data_dir=DIR` (see docs/data.md)"
+        ) from None
 
 
 def _prepare(builder: tfds.core.DatasetBuilder, download: bool) -> None:
@@ -164,180 +192,15 @@ def _label_spec(features: tfds.features.FeaturesDict) -> tuple[str, tfds.feature
     )
 
 
-def _visible(folder: str) -> list[str]:
-    """The sorted names in `folder`, less hidden ones (`.DS_Store`, macOS `._x.jpg`, `.git`)."""
-    names = (n.rstrip("/") for n in tf.io.gfile.listdir(folder))  # GCS marks folders by "/".
-    return sorted(n for n in names if not n.startswith("."))
-
-
-def _image_names(folder: str) -> list[str]:
-    return [n for n in _visible(folder) if n.lower().endswith(IMAGE_EXTENSIONS)]
-
-
-def _folder_splits(config: ml_collections.ConfigDict) -> list[str]:
-    return list(dict.fromkeys([config.train_split, config.eval_split]))
-
-
-def _no_images(config: ml_collections.ConfigDict, split: str) -> ConfigError:
-    folder = f"{config.image_folder}/{split}"
-    return ConfigError(
-        f"image folder split {folder} has no images: expected {folder}/<class>/*.jpg "
-        "(or .jpeg, .png, .bmp, .gif)"
-    )
-
-
-def _folder_classes(config: ml_collections.ConfigDict) -> list[str]:
-    """The class folders of the train split, which the eval split must have too."""
-    found = {}
-    for split in _folder_splits(config):
-        folder = f"{config.image_folder}/{split}"
-        if not tf.io.gfile.isdir(folder):
-            raise ConfigError(
-                f"image folder split {folder} is not a directory: expected "
-                f"{config.image_folder}/{{{config.train_split},{config.eval_split}}}/<class>/"
-            )
-        found[split] = [n for n in _visible(folder) if tf.io.gfile.isdir(f"{folder}/{n}")]
-    train, evals = found[config.train_split], found[config.eval_split]
-    if not train:
-        raise ConfigError(
-            f"image folder split {config.image_folder}/{config.train_split} has no class "
-            f"folders: expected {config.image_folder}/{config.train_split}/<class>/*.jpg"
-        )
-    if train != evals:
-        missing = [
-            f"missing from {split}/: {_some(sorted(set(other) - set(have)))}"
-            for split, have, other in (
-                (config.eval_split, evals, train),
-                (config.train_split, train, evals),
-            )
-            if set(other) - set(have)
-        ]
-        raise ConfigError(
-            f"image folder {config.image_folder}: {config.train_split}/ and "
-            f"{config.eval_split}/ must have the same class folders; " + "; ".join(missing)
-        )
-    return train
-
-
-def _some(items: Sequence[str]) -> str:
-    """The first `NAMED_FILES` items, comma-separated, and how many more."""
-    more = len(items) - NAMED_FILES
-    return ", ".join(items[:NAMED_FILES]) + (f" and {more} more" if more > 0 else "")
-
-
-def _image_problem(path: str) -> str | None:
-    """Why `path` cannot be decoded (PIL's full decode, as TF would; TF's own decoder for
-    formats it may lack), or None."""
-    try:
-        with tf.io.gfile.GFile(path, "rb") as f:
-            data = f.read()
-    except tf.errors.OpError as error:
-        return "cannot read it: " + " ".join(error.message.split())
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()  # verify() alone misses a truncated JPEG.
-            fmt = image.format
-    except Image.DecompressionBombError:
-        return None  # Readable, only larger than PIL allows by default; TF decodes it.
-    except Image.UnidentifiedImageError:
-        return "not an image"
-    except Exception as error:  # PIL raises OSError, SyntaxError, ValueError... on bad data.
-        return " ".join(str(error).split()) or type(error).__name__
-    if fmt not in TF_FORMATS:
-        try:
-            tf.io.decode_image(data, channels=3, expand_animations=False)
-        except tf.errors.InvalidArgumentError:
-            return f"{fmt} images are not decoded by TensorFlow"
-    return None
-
-
-def _unreadable(paths: Sequence[str]) -> list[str]:
-    """'path (why)' of each of `paths` that cannot be decoded, in order; decoded in threads."""
-    if not paths:
-        return []
-    with concurrent.futures.ThreadPoolExecutor(min(32, len(paths))) as pool:
-        problems = pool.map(_image_problem, paths)
-        return [f"{p} ({why})" for p, why in zip(paths, problems, strict=True) if why]
-
-
-def _check_images(config: ml_collections.ConfigDict, dataset: Dataset) -> None:
-    """`config.check_images`: every image of both splits decoded, once, before training."""
-    paths = [p for split in _folder_splits(config) for p in dataset.files[split][0]]
-    logging.info("check_images: decoding the %d images of %s", len(paths), config.image_folder)
-    bad = _unreadable(paths)
-    if bad:
-        raise ConfigError(
-            f"check_images: {len(bad)} of the {len(paths)} images in {config.image_folder} "
-            f"cannot be decoded: {_some(bad)}; remove them"
-        )
-
-
-def _named_bad_images(
-    batches: Iterator[dict[str, np.ndarray]],
-    dataset: Dataset,
-    split: str,
-    order: np.ndarray,
-    batch: int,
-    first: int,
-) -> Iterator[dict[str, np.ndarray]]:
-    """`batches` (batches `first`, `first` + 1, ... of an image folder read in `order`, files
-    `order[i * batch:(i + 1) * batch]` in batch i); a decode error in batch i becomes a
-    ConfigError naming its unreadable files. Nothing is checked until an error comes."""
-    for i in itertools.count(first):
-        try:
-            out = next(batches)
-        except StopIteration:
-            return
-        except tf.errors.InvalidArgumentError as error:
-            paths = dataset.files[split][0]
-            bad = _unreadable([paths[j] for j in order[i * batch : (i + 1) * batch]])
-            if not bad:  # Not where the order says: look through the whole part.
-                logging.warning("decode error: checking the %d %s images", len(order), split)
-                bad = _unreadable([paths[j] for j in order])
-            if not bad:
-                raise
-            raise ConfigError(
-                f"cannot decode {len(bad)} image{'s' * (len(bad) > 1)} of the {split} split: "
-                f"{_some(bad)}; remove {'them' if len(bad) > 1 else 'it'}, or run with "
-                "--config.check_images=True to find every unreadable image before training"
-            ) from error
-        yield out
-
-
-def _folder_dataset(config: ml_collections.ConfigDict) -> Dataset:
-    root = config.image_folder
-    classes = _folder_classes(config)
-    files = {}
-    for split in _folder_splits(config):
-        paths, labels = [], []
-        for label, name in enumerate(classes):
-            folder = f"{root}/{split}/{name}"
-            paths += [f"{folder}/{n}" for n in _image_names(folder)]
-            labels += [label] * (len(paths) - len(labels))
-        if not paths:
-            raise _no_images(config, split)
-        files[split] = (paths, labels)
-    info = DatasetInfo(
-        "image_folder",
-        len(classes),
-        len(files[config.train_split][0]),
-        len(files[config.eval_split][0]),
-        False,
-        classes,
-        False,
-    )
-    return Dataset(info=info, small=False, files=files)
-
-
 def load(config: ml_collections.ConfigDict) -> Dataset:
     """The configured dataset, validated and ready to read: prepares it (cluttered_digits is
     built in seconds; a missing manual download raises ConfigError, one line) or lists
     the image folders, once per run. Pass it to `train_iterator` and `eval_iterator`."""
     _check_fields(config)
     if config.dataset == "image_folder":
-        dataset = _folder_dataset(config)  # Checks what `validate` checks, as it lists.
+        dataset = folders.folder_dataset(config)  # Checks what `validate` checks, as it lists.
         if config.get("check_images", False):
-            _check_images(config, dataset)
+            folders.check_images(config, dataset)
         return dataset
     builder = _builder(config)
     _prepare(builder, config.get("download_data", True))
@@ -376,7 +239,7 @@ def num_classes(config: ml_collections.ConfigDict) -> int:
     prepares, downloads and decodes nothing, so that configs are checked first."""
     _check_fields(config)  # And the class folders, for image folders: `validate` checks all.
     if config.dataset == "image_folder":
-        count, multi_label = len(_folder_classes(config)), False
+        count, multi_label = len(folders.classes(config)), False
     else:
         key, label = _label_spec(_builder(config).info.features)
         count, multi_label = label.num_classes, key != "label"
@@ -429,14 +292,27 @@ def _local_batch(config: ml_collections.ConfigDict, field: str) -> int:
 
 
 def train_iterator(
-    dataset: Dataset, config: ml_collections.ConfigDict, start_step: int = 0
+    dataset: Dataset,
+    config: ml_collections.ConfigDict,
+    start_step: int = 0,
+    state: dict | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Infinite stream of this process's part of each global train batch, from `start_step`.
 
     Yields {'image': (B_local, S, S, 3) `config.image_dtype` (uint8 pixels, or normalised
     float32/bfloat16), 'label': (B_local,) int32 or
     (B_local, C) float32, ['box': (B_local, 4) float32]}, B_local = batch_size / processes.
+    Grain: a `grain_pipeline.TrainBatches`, resumed from a checkpoint's input `state` if given
+    (the tf.data stream needs none: it is a function of (seed, step)).
     """
+    if backend(config) == "grain":
+        return grain_pipeline.train_iterator(dataset, config, start_step, state)
+    return _tf_train_iterator(dataset, config, start_step)
+
+
+def _tf_train_iterator(
+    dataset: Dataset, config: ml_collections.ConfigDict, start_step: int
+) -> Iterator[dict[str, np.ndarray]]:
     batch = _local_batch(config, "batch_size")
     buffer = config.get("shuffle_buffer_size", SHUFFLE_BUFFER)
     n = records.part_size(dataset, config.train_split, True)
@@ -463,7 +339,9 @@ def train_iterator(
         batches = ds.with_options(_options()).as_numpy_iterator()
         if dataset.files is not None:
             order = records.folder_order(dataset, config.train_split, True, seed)
-            batches = _named_bad_images(batches, dataset, config.train_split, order, batch, offset)
+            batches = folders.named_bad_images(
+                batches, dataset, config.train_split, order, batch, offset
+            )
         return itertools.chain([next(batches)], batches)
 
     # The next epoch is built and its buffer filled in the background while the last `lead`
@@ -502,6 +380,16 @@ def eval_iterator(
     Yields train_iterator's keys plus 'mask' (B_local,) bool, False on padding; every process
     yields the same number of batches and every eval example is unmasked exactly once.
     """
+    if backend(config) == "grain":
+        return grain_pipeline.eval_iterator(
+            dataset, config, num_eval_steps(config, dataset.info.num_eval)
+        )
+    return _tf_eval_iterator(dataset, config)
+
+
+def _tf_eval_iterator(
+    dataset: Dataset, config: ml_collections.ConfigDict
+) -> Iterator[dict[str, np.ndarray]]:
     batch = _local_batch(config, "eval_batch_size")
     stream, _ = records.read(dataset, config.eval_split, False, None, 0)
     preprocess = _preprocess(config, dataset, config.eval_split, train=False)
@@ -515,5 +403,5 @@ def eval_iterator(
     batches = ds.prefetch(tf.data.AUTOTUNE).with_options(_options()).as_numpy_iterator()
     if dataset.files is not None:
         order = records.folder_order(dataset, config.eval_split, False, None)
-        batches = _named_bad_images(batches, dataset, config.eval_split, order, batch, 0)
+        batches = folders.named_bad_images(batches, dataset, config.eval_split, order, batch, 0)
     yield from batches

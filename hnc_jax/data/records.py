@@ -26,25 +26,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from tensorflow_datasets.core.utils import shard_utils
 
-from hnc_jax.data.dataset import Dataset
-
-
-def process_split(
-    split: str, process_index: int, process_count: int, drop_remainder: bool
-) -> tfds.typing.SplitArg:
-    """This process's even part of a TFDS split (parts are disjoint and cover the split,
-    less up to `process_count - 1` examples when `drop_remainder`)."""
-    return tfds.even_splits(split, process_count, drop_remainder=drop_remainder)[process_index]
-
-
-def shard_bounds(
-    n: int, process_index: int, process_count: int, drop_remainder: bool
-) -> tuple[int, int]:
-    """[start, end) of this process's even part of n indexed examples (image folders)."""
-    if drop_remainder:
-        size = n // process_count
-        return process_index * size, (process_index + 1) * size
-    return n * process_index // process_count, n * (process_index + 1) // process_count
+from hnc_jax.data import dataset as dataset_lib
+from hnc_jax.data.dataset import Dataset, process_split, shard_bounds
 
 
 def num_examples(builder: tfds.core.DatasetBuilder, split: tfds.typing.SplitArg) -> int:
@@ -58,8 +41,8 @@ def num_examples(builder: tfds.core.DatasetBuilder, split: tfds.typing.SplitArg)
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
-    """Python int seed of one process's epoch: file order and shuffle."""
-    return int(np.random.SeedSequence([seed, jax.process_index(), epoch]).generate_state(1)[0])
+    """Python int seed of this process's epoch: file order and shuffle."""
+    return dataset_lib.epoch_seed(seed, jax.process_index(), epoch)
 
 
 def part_size(dataset: Dataset, split: str, drop_remainder: bool) -> int:

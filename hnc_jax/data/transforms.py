@@ -13,11 +13,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from hnc_jax.data.host_transforms import AREA_RANGE, ASPECT_RANGE, EVAL_CROP
 from hnc_jax.data.image_stats import normalization
-
-IMAGE_DTYPES = ("uint8", "float32", "bfloat16")  # Batches: raw pixels, or normalised.
-EVAL_CROP = 224 / 256  # Eval: short side resized to size*256/224, then a central size crop.
-AREA_RANGE, ASPECT_RANGE = (0.08, 1.0), (3 / 4, 4 / 3)
 
 
 def random_window(shape: tf.Tensor, key: tf.Tensor) -> tf.Tensor:

@@ -1,8 +1,11 @@
 """Orbax checkpoints in `<workdir>/checkpoints`: asynchronous saves, the last n kept plus the
 best by eval top-1 (one manager, two preservation policies), restore of the latest or best.
 
-A checkpoint is the whole `TrainState` (step, params, batch_stats, opt_state); steps saved
-after an evaluation carry its metrics (`eval/top1`, ...), which rank them for "best".
+A checkpoint is the whole `TrainState` (step, params, batch_stats, opt_state), as orbax's
+item "default" (the layout of a single-item checkpoint, so older checkpoints restore and
+single-item readers read these), and with the Grain input backend the input iterator's state
+as item "data" (Grain's own orbax handler: one JSON file per process); steps saved after an
+evaluation carry its metrics (`eval/top1`, ...), which rank them for "best".
 Restores always name their target's shapes, dtypes and shardings, so a checkpoint written
 on one device count restores on another. `init_from` starts a new run from the weights of a
 torchvision `.pth` file or of another run's latest checkpoint.
@@ -10,6 +13,7 @@ torchvision `.pth` file or of another run's latest checkpoint.
 Workdirs may be URLs (`gs://bucket/run`): paths go through `etils.epath`, as orbax's own.
 """
 
+import json
 import os
 
 import jax
@@ -24,6 +28,7 @@ from hnc_jax.training import train_step
 from hnc_jax.weights import convert, formats
 
 BEST_METRIC = "eval/top1"
+ITEMS = ("default", "data")  # The train state; the input iterator's state (Grain only).
 
 
 def checkpoint_dir(workdir: str | os.PathLike) -> epath.Path:
@@ -59,20 +64,61 @@ def create_manager(
         read_only=read_only,
         create=not read_only,
     )
-    return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
+    return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_names=ITEMS)
+
+
+class _DataState:
+    """A JSON-able input state dressed as the iterator Grain's orbax handler saves (bytes from
+    `get_state`) and restores into (`set_state`, `start_prefetch`)."""
+
+    def __init__(self, state: dict | None = None):
+        self.state = state
+
+    def get_state(self) -> bytes:
+        return json.dumps(self.state).encode()
+
+    def set_state(self, state: bytes) -> None:
+        self.state = json.loads(state)
+
+    def start_prefetch(self) -> None:
+        pass
 
 
 def save(
-    manager: ocp.CheckpointManager, step: int, state, metrics: dict[str, float] | None = None
+    manager: ocp.CheckpointManager,
+    step: int,
+    state,
+    metrics: dict[str, float] | None = None,
+    data: dict | None = None,
 ) -> None:
-    """Starts an asynchronous save of `state` at `step` (every process must call it)."""
-    manager.save(step, args=ocp.args.StandardSave(state), metrics=metrics, force=True)
+    """Starts an asynchronous save of `state` at `step` (every process must call it), with
+    this process's input state `data` (the Grain backend's, for resuming at `step`) if any."""
+    items = {"default": ocp.args.StandardSave(state)}
+    if data is not None:
+        from grain import checkpoint as grain_checkpoint  # Deferred: the Grain backend's.
+
+        items["data"] = grain_checkpoint.CheckpointSave(_DataState(data))
+    manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
 
 
 def restore(manager: ocp.CheckpointManager, step: int, target):
     """The state saved at `step`, laid out (shapes, dtypes, shardings) like `target`."""
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-    return manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    args = ocp.args.Composite(default=ocp.args.StandardRestore(abstract))
+    return manager.restore(step, args=args).default
+
+
+def restore_data(manager: ocp.CheckpointManager, step: int) -> dict | None:
+    """This process's input state saved at `step` (`save`'s `data`), or None when the step
+    has none (saved by the tf.data backend, which needs none: its stream is a function of
+    (seed, step))."""
+    if not (manager.directory / str(step) / "data").exists():
+        return None
+    from grain import checkpoint as grain_checkpoint  # Deferred: the Grain backend's.
+
+    holder = _DataState()
+    manager.restore(step, args=ocp.args.Composite(data=grain_checkpoint.CheckpointRestore(holder)))
+    return holder.state
 
 
 def _first_line(error: BaseException) -> str:

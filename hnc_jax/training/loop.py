@@ -169,7 +169,10 @@ def _train(config, workdir, run, manager, writer, stop, restore_step) -> dict[st
             hooks.append(
                 periodic_actions.Profile(logdir=workdir, first_profile=config.profile_first_step)
             )
-    local_batches = pipeline.train_iterator(run.dataset, config, start)
+    # Grain: the input state saved with step s resumes the stream at s (tf.data: none needed).
+    grain = pipeline.backend(config) == "grain"
+    data_state = checkpoints.restore_data(manager, start) if start else None
+    local_batches = pipeline.train_iterator(run.dataset, config, start, data_state)
     batches = train_step.device_batches(({k: b[k] for k in TRAIN_KEYS} for b in local_batches),
                                    run.mesh)  # fmt: skip
     window, pending, eval_metrics, stopwatch = [], None, {}, Stopwatch()
@@ -206,7 +209,9 @@ def _train(config, workdir, run, manager, writer, stop, restore_step) -> dict[st
                 # Orbax records a step's metrics (for the best checkpoint) only when it saves
                 # the step, so evaluation comes first; when it fails, the step is saved
                 # without metrics before the error goes on: no training is lost.
-                checkpoints.save(manager, done, state)
+                checkpoints.save(
+                    manager, done, state, data=local_batches.state(done) if grain else None
+                )
                 logging.error("evaluation failed at step %d: saved the step first", done)
                 raise
             writer.write_scalars(done, eval_metrics)
@@ -214,7 +219,8 @@ def _train(config, workdir, run, manager, writer, stop, restore_step) -> dict[st
                 writer.write_images(done, {"cams": panel[None]})
             stopwatch.resume()
         if save:
-            checkpoints.save(manager, done, state, eval_metrics if run_eval else None)
+            data = local_batches.state(done) if grain else None
+            checkpoints.save(manager, done, state, eval_metrics if run_eval else None, data)
         if preempted:
             logging.warning("preemption: saved step %d, stopping", done)
             return {"step": done, "preempted": 1, **eval_metrics}

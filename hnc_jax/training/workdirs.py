@@ -32,6 +32,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 import hnc_jax
+from hnc_jax.data import grain_pipeline
 from hnc_jax.errors import ConfigError
 
 CONFIG_FILE = "config.json"
@@ -51,7 +52,15 @@ RESUMABLE = (
     "data_dir",
     "download_data",
     "check_images",
+    # The Grain backend's worker, thread and prefetch counts change no batch (batch s is a
+    # function of (seed, s) for any of them).
+    "grain_workers",
+    "grain_read_threads",
+    "grain_prefetch",
 )
+# Fields added to the config since runs were first recorded, with the value that means what
+# a run recorded without them did: a resume of such a run compares them as that value.
+ADDED = {"input_backend": "tf_data", **grain_pipeline.FIELDS}
 # Fields an evaluation may change (`--mode=eval|cam` of a stored run on other data).
 EVAL_ONLY = ("eval_split", "eval_batch_size", "eval_localization")
 # Fields only training reads: an evaluation may change them (e.g. a batch size that divides
@@ -142,7 +151,7 @@ def check_config(
     record = read_record(workdir)
     if record is None:
         return {}
-    changed = changes(record["config"], config)
+    changed = changes({**ADDED, **record["config"]}, config)
     allowed = (*may_change, *allow)
     refused = {
         key: value
