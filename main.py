@@ -48,6 +48,16 @@ flags.DEFINE_string(
 )
 flags.DEFINE_list("attacks", ["fgsm", "pgd"], "--mode=attack: fgsm, pgd.")
 flags.DEFINE_list("epsilons", ["0", "0.5", "1", "2", "4", "8"], "--mode=attack: of 255.")
+
+
+def _numbers(values: list[str]) -> bool:
+    try:
+        return all(0 <= float(v) <= 255 for v in values)
+    except ValueError:
+        return False
+
+
+flags.register_validator("epsilons", _numbers, "--epsilons takes numbers in [0, 255]")
 flags.DEFINE_integer("pgd_steps", 10, "--mode=attack: PGD iterations.")
 flags.DEFINE_float("pgd_step_size", None, "--mode=attack: of 255 (default 2.5 * eps / steps).")
 flags.DEFINE_bool("pgd_random_start", True, "--mode=attack: PGD starts anywhere in the ball.")
@@ -109,13 +119,6 @@ def selected_config(workdirs):
     return config
 
 
-def parse_floats(name: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(v) for v in FLAGS[name].value)
-    except ValueError:
-        raise errors.ConfigError(f"--{name} takes numbers, got {FLAGS[name].value}") from None
-
-
 def summary(result: dict) -> str:
     """`key=value ...`: integers as integers, other metrics to 4 decimals."""
     return " ".join(f"{k}={v}" if isinstance(v, int) else f"{k}={v:.4f}" for k, v in result.items())
@@ -165,7 +168,7 @@ def main(argv: list[str]) -> None:
             return
         elif FLAGS.mode == "attack":
             attack = attacks.Attack(
-                tuple(FLAGS.attacks), parse_floats("epsilons"), FLAGS.pgd_steps,
+                tuple(FLAGS.attacks), tuple(map(float, FLAGS.epsilons)), FLAGS.pgd_steps,
                 FLAGS.pgd_step_size, FLAGS.pgd_random_start,
             )  # fmt: skip
             result = attacks.attack_checkpoint(config, FLAGS.workdir, attack, FLAGS.checkpoint)

@@ -3,13 +3,14 @@ epsilon 0 is the clean top-1 of the same checkpoint, PGD is at least as strong a
 attack lowers top-1, and bad settings are one-line errors."""
 
 import json
+import re
 
 import numpy as np
 import pytest
 
 from hnc_jax.errors import ConfigError
-from hnc_jax.training import attacks, loop
-from tests.helpers import error_lines, run_main, tiny_config
+from hnc_jax.training import attacks
+from tests.helpers import run_main, summary_line, tiny_config
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -20,13 +21,15 @@ def trained_config():
 
 
 def test_epsilon_zero_is_clean_and_pgd_is_stronger(trained_run):
-    workdir = str(trained_run[0])
+    workdir, training = str(trained_run[0]), trained_run[1]
     config = trained_config()
     attack = attacks.Attack(epsilons=(0.0, 32.0), steps=3)
     result = attacks.attack_checkpoint(config, workdir, attack)
-    clean = loop.evaluate_checkpoint(config, workdir)["eval/top1"]
+    # The training's own evaluation of this checkpoint (step 3, the same 64 test images),
+    # printed to 4 decimals: enough to tell k/64 from (k +- 1)/64.
+    clean = float(re.search(r"eval/top1=([0-9.]+)", summary_line(training.stdout))[1])
     assert result["examples"] == 64 and result["step"] == 3
-    assert result["fgsm"]["0"] == result["pgd"]["0"] == pytest.approx(clean, abs=1e-9)
+    assert round(result["fgsm"]["0"], 4) == round(result["pgd"]["0"], 4) == clean
     assert result["pgd"]["32"] <= result["fgsm"]["32"] <= clean
     assert result["pgd"]["32"] < clean  # 32/255 moves a 3-step model off most answers.
 
@@ -58,4 +61,5 @@ def test_main_attack_mode_prints_and_writes_the_table(trained_run, tmp_path):
     assert json.loads(lines[-1]) == written
     assert np.isclose(written["pgd"]["0"], written["fgsm"]["0"])
     bad = run_main(f"--workdir={workdir}", "--mode=attack", "--epsilons=1,x")
-    assert error_lines(bad.stderr) == ["error: --epsilons takes numbers, got ['1', 'x']"]
+    assert bad.returncode == 1  # absl's flag check, before anything is imported or read.
+    assert "--epsilons takes numbers in [0, 255]" in bad.stderr

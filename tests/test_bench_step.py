@@ -67,11 +67,16 @@ def test_timing_waits_for_the_device():
 
 
 def test_input_bench_times_both_pipelines(capsys):
-    inputs.main(["--images=3", "--rounds=1", "--repeats=2", "--size=32"])
+    # The backends' rows: tf.data alone here (a Grain worker starts a process of its own).
+    inputs.main(["--images=3", "--rounds=1", "--repeats=2", "--size=32", "--batch=2",
+                 "--batches=1", "--warmup=0", "--workers="])  # fmt: skip
     result = _last_json(capsys)
     assert result["tf_images_per_s_per_core"] > 0 and result["pil_images_per_s_per_core"] > 0
     want = result["tf_images_per_s_per_core"] / result["pil_images_per_s_per_core"]
     assert result["ratio"] == pytest.approx(want, abs=0.01)
+    (row,) = result["backends"]
+    assert row["backend"] == "tf_data" and row["images_per_s_per_core"] > 0
+    assert row["peak_memory_mb"] > 0 and row["first_batch_s"] > 0
 
 
 def test_input_bench_tf_side_is_the_uint8_train_transform(tmp_path):
@@ -88,6 +93,7 @@ def test_input_bench_tf_side_is_the_uint8_train_transform(tmp_path):
         (["step", "--k=0"], "--k must be in"),
         (["step", "--variants=ce"], "--variants must be"),
         (["input", "--repeats=0"], "--repeats must be >= 1"),
+        (["input", "--images=3"], "--batch must be at most --images (3), got 32"),
     ],
 )
 def test_bad_flags_exit_with_a_message(argv, message, capsys):

@@ -88,7 +88,7 @@ def test_bad_noise_is_a_one_line_error_before_any_data(fields, message):
         job.check(config)
 
 
-def test_multi_label_data_refuses_noise(multi_digits):
+def test_multi_label_data_refuses_noise():  # From the metadata: nothing is built.
     config = tiny_config(dataset="cluttered_digits/multi")
     config.label_noise.update(noise())
     with pytest.raises(ConfigError, match="label_noise needs single-label data"):

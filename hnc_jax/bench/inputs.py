@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--size", type=int, default=224, help="output side")
     parser.add_argument("--batch", type=int, default=32, help="backends: batch size")
     parser.add_argument("--batches", type=int, default=16, help="backends: batches timed")
-    parser.add_argument("--workers", default="1,2", help="backends: Grain worker counts")
+    parser.add_argument("--workers", default="1,2", help="backends: Grain worker counts ('': none)")
     parser.add_argument("--warmup", type=int, default=8, help="backends: batches untimed")
     parser.add_argument("--measure", default="", help=argparse.SUPPRESS)  # A child's.
     parser.add_argument("--folder", default="", help=argparse.SUPPRESS)
@@ -232,13 +232,15 @@ def main(argv: list[str] | None = None) -> dict:
     for name in ("images", "rounds", "repeats", "size", "batch", "batches"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.batch > args.images and not args.measure:  # A batch drops an epoch's remainder.
+        parser.error(f"--batch must be at most --images ({args.images}), got {args.batch}")
     if args.measure:  # A child of `backend_rows`.
         backend, workers = args.measure.split(":")
         config = backend_config(args.folder, backend, int(workers), args.batch, args.size)
         result = measure_backend(config, args.batches, args.warmup)
         print(json.dumps(result))
         return result
-    args.workers = [int(w) for w in args.workers.split(",")]
+    args.workers = [int(w) for w in args.workers.split(",") if w]  # '': tf.data alone.
     with tempfile.TemporaryDirectory() as folder:
         data = write_jpegs(Path(folder), args.images)
         (Path(folder) / "train" / "a").mkdir(parents=True)  # One class: an image folder.
