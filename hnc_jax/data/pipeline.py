@@ -360,9 +360,9 @@ def _tf_train_iterator(
                     upcoming = pool.submit(epoch_batches, epoch + 1, 0)
                 yield next(batches)
             epoch, offset = epoch + 1, 0
-    finally:  # Closed early: an epoch not started yet never starts.
-        upcoming.cancel()
-        pool.shutdown(wait=False)
+    finally:  # Closed: an epoch not started never starts, one being built is waited for,
+        upcoming.cancel()  # so that no reader outlives the stream (and its files).
+        pool.shutdown(wait=True)
 
 
 def num_eval_steps(config: ml_collections.ConfigDict, num_eval: int) -> int:
