@@ -90,7 +90,10 @@ def test_contour_boxes_match_opencv_on_every_threshold():
     # A map with a hole: RETR_TREE also traces the hole's border.
     ring = np.zeros((32, 32), np.float32)
     ring[4:20, 6:24], ring[9:14, 10:16] = 1.0, 0.2
-    for scoremap in [*maps, ring]:
+    # Regions touching only at a corner: one 8-connected region (one contour), not two.
+    corners = np.zeros((32, 32), np.float32)
+    corners[4:10, 4:10], corners[10:16, 10:16] = 1.0, 1.0
+    for scoremap in [*maps, ring, corners]:
         for threshold in np.arange(0, 1, 0.05):
             ours = sorted(wsol.contour_boxes(scoremap, threshold).tolist())
             assert ours == sorted(reference_boxes(scoremap, threshold)), threshold
