@@ -26,7 +26,8 @@ def record(loss: str, seed: int, shift: float) -> dict:
     return {
         "data": "default", "loss": loss, "weight": 0.1 * (loss != "none"), "k": 3,
         "warmup": 0.0, "seed": seed, "top1": clean, "max_box_acc_v2": 0.6 + shift,
-        "fgsm": {"0": clean, "4": clean - 0.3}, "pgd": {"0": clean, "4": clean - 0.5 + shift},
+        "fgsm": {"0": clean, "4": clean - 0.3, "8": clean - 0.6},
+        "pgd": {"0": clean, "4": clean - 0.5 + shift, "8": clean - 0.9 + 3 * shift},
     }  # fmt: skip
 
 
@@ -40,5 +41,8 @@ def test_tables_and_figure_from_records():
     assert lines[4].split(" | ")[5].startswith("+2.0 [+2.0, +2.0], p=")  # MaxBoxAccV2.
     pgd_4 = next(line for line in lines if line.startswith("| PGD | 4 |"))
     assert pgd_4.split(" | ")[4].startswith("+4.0 [")  # HNC-mse vs CE under PGD at 4/255.
+    # Averaged over the epsilons > 0: (+4.0 at 4/255 + 8.0 at 8/255) / 2.
+    pgd_mean = next(line for line in lines if line.startswith("| PGD | mean over epsilon > 0 |"))
+    assert pgd_mean.split(" | ")[4].startswith("+6.0 [")
     fig = robustness.figure(records)
     assert len(fig.axes) == 2 and fig.axes[1].get_title() == "default data, PGD"

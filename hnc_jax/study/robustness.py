@@ -32,6 +32,7 @@ DATA = {"default": "default", "hard": "cluttered_digits_hard"}  # name -> config
 RECORDS = epath.Path(__file__).resolve().parents[2] / "docs" / "study"
 EPSILONS = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0)
 KINDS = ("fgsm", "pgd")
+MEAN = "mean over epsilon > 0"  # The tables' last row per attack.
 
 
 def selected_settings(data: str, records_dir: epath.Path = RECORDS) -> list[design.Setting]:
@@ -74,10 +75,19 @@ def _by_loss(records: list[dict], data: str) -> dict[str, list[dict]]:
     return dict(sorted(out.items(), key=lambda item: list(report.LABELS).index(item[0])))
 
 
+def _top1(record: dict, kind: str, eps: str) -> float:
+    """The model's top-1 under `kind` at `eps`, or (`MEAN`) averaged over every epsilon > 0:
+    one robustness figure per model (the area under its curve, in tested-epsilon steps)."""
+    if eps == MEAN:
+        return float(np.mean([v for e, v in record[kind].items() if float(e) > 0]))
+    return record[kind][eps]
+
+
 def tables(records: list[dict]) -> str:
     """Markdown per data: clean top-1 and MaxBoxAccV2, then top-1 under each attack and
-    epsilon (mean ± std over seeds), and each HNC loss's difference to cross-entropy under
-    PGD with its 95% bootstrap interval and Welch's p (`report.compare`)."""
+    epsilon and averaged over the epsilons > 0 (mean ± std over seeds), and each HNC loss's
+    difference to cross-entropy with its 95% bootstrap interval and Welch's p
+    (`report.compare`)."""
     parts = []
     for data in DATA:
         groups = _by_loss(records, data)
@@ -102,13 +112,14 @@ def tables(records: list[dict]) -> str:
         lines += ["", "| attack | epsilon (of 255) | " + " | ".join(names + deltas) + " |"]
         lines.append("|---|---|" + "---|" * (2 * len(groups) - 1))
         for kind in KINDS:
-            for eps in epsilons:
+            for eps in [*epsilons, MEAN]:
                 cells = [
-                    report.mean_std([r[kind][eps] for r in rs], "top1") for rs in groups.values()
+                    report.mean_std([_top1(r, kind, eps) for r in rs], "top1")
+                    for rs in groups.values()
                 ]
                 for loss, rs in groups.items():
                     if loss != "none":
-                        values = [[r[kind][eps] for r in group] for group in (rs, ce or rs)]
+                        values = [[_top1(r, kind, eps) for r in group] for group in (rs, ce or rs)]
                         cells.append(report.diff_text(report.compare(*values), "top1"))
                 lines.append(f"| {kind.upper()} | {eps} | " + " | ".join(cells) + " |")
         parts.append("\n".join(lines) + "\n\n")
