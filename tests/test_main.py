@@ -84,7 +84,9 @@ def test_bucket_workdir_train_kill_resume_eval_cam(tmp_path, gcs_emulator, gcs_b
     bucket = gcs_bucket.removeprefix("gs://")
     workdir = f"{gcs_bucket}/run"
     flags = [f"--workdir={workdir}", f"--config.data_dir={gcs_digits_dir}", *TINY]
-    flags += ["--config.num_train_steps=40", "--config.checkpoint_every_steps=2"]
+    # 16 steps: after the first checkpoint (2) the run still has 7 saves to the emulator (about
+    # 2 s each) before it could finish, so the kill lands mid-run.
+    flags += ["--config.num_train_steps=16", "--config.checkpoint_every_steps=2"]
     command = [sys.executable, str(ROOT / "main.py"), *flags]
     env = dict(os.environ, JAX_NUM_CPU_DEVICES="1")
     first = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE,
@@ -102,11 +104,11 @@ def test_bucket_workdir_train_kill_resume_eval_cam(tmp_path, gcs_emulator, gcs_b
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from step" in resumed.stderr and "taking over" in resumed.stderr
     objects = gcs_emulator.list_objects(bucket, "run/")
-    assert "run/checkpoints/40/commit_success.txt" in objects
+    assert "run/checkpoints/16/commit_success.txt" in objects
     assert any(name.startswith("run/events.out.tfevents.") for name in objects)
     evaluated = run_main(*flags, "--mode=eval", cwd=cwd)
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
-    assert summary_line(evaluated.stdout).startswith("step=40 ")
+    assert summary_line(evaluated.stdout).startswith("step=16 ")
     drawn = run_main(*flags, "--mode=cam", "--num_images=2", cwd=cwd)
     assert drawn.returncode == 0, drawn.stderr[-3000:]
     assert "run/cams.png" in gcs_emulator.list_objects(bucket, "run/")
