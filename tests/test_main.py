@@ -84,8 +84,8 @@ def test_bucket_workdir_train_kill_resume_eval_cam(tmp_path, gcs_emulator, gcs_b
     bucket = gcs_bucket.removeprefix("gs://")
     workdir = f"{gcs_bucket}/run"
     flags = [f"--workdir={workdir}", f"--config.data_dir={gcs_digits_dir}", *TINY]
-    # 16 steps: after the first checkpoint (2) the run still has 7 saves to the emulator (about
-    # 2 s each) before it could finish, so the kill lands mid-run.
+    # 16 steps: after the first checkpoint (2) the run still has 7 saves to the emulator before
+    # it could finish, far longer than the 0.2 s poll, so the kill lands mid-run.
     flags += ["--config.num_train_steps=16", "--config.checkpoint_every_steps=2"]
     command = [sys.executable, str(ROOT / "main.py"), *flags]
     env = dict(os.environ, JAX_NUM_CPU_DEVICES="1")
